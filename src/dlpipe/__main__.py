@@ -1,0 +1,48 @@
+"""``python -m dlpipe <stage> [--params params.yaml]``: run one pipeline stage.
+
+dvc.yaml and the Snakemake rules call exactly this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+
+# OpenMP's busy-wait makes torch ~10x slower when another process holds the
+# other core; it must be set before torch loads the OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def available_stages() -> list[str]:
+    import dlpipe.stages
+
+    return sorted(m.name for m in pkgutil.iter_modules(dlpipe.stages.__path__) if not m.name.startswith("_"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dlpipe.config import load_params
+    from dlpipe.errors import PipelineError
+
+    stages = available_stages()
+    parser = argparse.ArgumentParser(prog="python -m dlpipe", description=__doc__)
+    parser.add_argument("stage", choices=stages, metavar="stage", help="one of: " + ", ".join(stages))
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        params = load_params(args.params)
+        module = importlib.import_module(f"dlpipe.stages.{args.stage}")
+        module.main(params)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

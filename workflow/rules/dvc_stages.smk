@@ -1,0 +1,52 @@
+# One rule per dvc.yaml stage. Input = deps, output = outs + metrics + plots
+# (persisted outs left out), params = the stage's params.yaml values, so that a
+# changed value, like a changed command, reruns the rule as `dvc repro` would.
+from dlpipe.workflow_graph import load_stages, produced_by, resolve_params, is_directory, source_files
+
+# dvc.yaml sits beside the Snakefile; job paths are relative to the working
+# directory, which is the repository root when run as documented.
+STAGES = load_stages(workflow.basedir + "/dvc.yaml")
+PRODUCED = produced_by(STAGES)
+CONSUMED = {dep for stage in STAGES for dep in stage.deps}
+# rule all asks for what no stage consumes: the ends of the graph.
+TERMINAL_OUTPUTS = [out for out in PRODUCED if out not in CONSUMED]
+
+
+def _inputs(stage):
+    files = []
+    for dep in stage.deps:
+        # A source folder is listed file by file: Snakemake would only see the
+        # folder's own mtime, which editing a file inside does not change.
+        if is_directory(dep) and dep not in PRODUCED:
+            files.extend(source_files(dep))
+        else:
+            files.append(dep)
+    return files
+
+
+for _stage in STAGES:
+
+    rule:
+        name:
+            _stage.name
+        input:
+            _inputs(_stage),
+        output:
+            [directory(out) if is_directory(out) else out for out in _stage.outs],
+        params:
+            # The command lives in params: the loop variable must be captured
+            # now, and the shell string is formatted only when the job runs.
+            cmd=_stage.cmd,
+            # Identifiers cannot hold dots; the value keeps the dotted key so
+            # Snakemake's record (values only) still tells keys apart.
+            **{
+                key.replace(".", "__"): f"{key}={value}"
+                for key, value in resolve_params(_stage.params, config).items()
+            },
+        log:
+            f"logs/{_stage.name}.log",
+        # Default 1; the profiles raise it per stage (set-threads). Snakemake
+        # exports OMP_NUM_THREADS=threads, which dlpipe.runtime hands to torch.
+        threads: 1
+        shell:
+            "{params.cmd} > {log} 2>&1"
