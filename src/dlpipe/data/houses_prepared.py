@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dlpipe.errors import PipelineError
-from dlpipe.training.checkpoint import save
+from dlpipe.training.checkpoint import load_tensors, save
 
 RAW_DIR = Path("data/raw/houses")
 PREPARED_DIR = Path("data/prepared/houses")
@@ -20,11 +19,5 @@ def save_split(folder: Path, split: str, tensors: dict[str, torch.Tensor]) -> No
 
 
 def load_split(split: str, device: torch.device | str = "cpu", folder: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:
-    path = Path(folder) / f"{split}.pt"
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; run prepare_houses first")
-    try:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PipelineError(f"{path}: unreadable prepared split ({type(exc).__name__})") from None
+    tensors = load_tensors(Path(folder) / f"{split}.pt", producer="prepare_houses")
     return {k: v.to(device) for k, v in tensors.items()}

@@ -3,6 +3,7 @@ and write tensors for train / val / test plus the fitted pipeline as JSON."""
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
@@ -28,6 +29,16 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise PipelineError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
     if frame.empty:
         raise PipelineError(f"{path}: has a header but no rows")
+    # pandas pads a short row with NaN (a file cut mid-line reads "fine"); refuse it.
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        width = len(next(reader))
+        for row in reader:
+            if row and len(row) < width:
+                raise PipelineError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields, the header {width} "
+                    f"(a truncated or damaged file?)"
+                )
     return frame
 
 

@@ -38,6 +38,6 @@ def main(params: Params) -> None:
             [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt"], lr=lr),
         history_path=HISTORY, name="train_houses",
     )
-    checkpoint.save(WEIGHTS, result.best_state)
+    checkpoint.save_weights(WEIGHTS, result.best_state)
     log.info("houses: best val_rmsle %.5f at epoch %d of %d (lr %.4g)", result.best_metric,
              result.best_epoch, result.epochs_run, lr)

@@ -39,8 +39,31 @@ def run_identity(params_part: str, inputs: list[Path], **values) -> str:
 
 
 def save(path: str | Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a file handle: torch.save names the zip's inner folder after a
+    # *path* (here a random temp name), which would make equal tensors give
+    # different bytes and different DVC hashes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Best weights as a plain state_dict of CPU tensors: loads on any machine
+    with ``torch.load(path, weights_only=True)``, no map_location needed."""
+    save(path, {key: value.detach().cpu() for key, value in state_dict.items()})
+
+
+def load_tensors(path: str | Path, producer: str) -> dict[str, torch.Tensor]:
+    """A dict of tensors written by stage ``producer``, loaded on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run {producer} first")
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PipelineError(f"{path}: unreadable ({type(exc).__name__}); rerun {producer}") from None
+    if not isinstance(tensors, dict):
+        raise PipelineError(f"{path}: expected a dict of tensors; rerun {producer}")
+    return tensors
 
 
 def load_state_dict_file(path: str | Path, map_location="cpu") -> dict[str, torch.Tensor]:

@@ -36,11 +36,16 @@ class Task:
     metrics_fn: MetricsFn  # over all validation outputs and targets
     monitor: str  # key of metrics_fn's result that picks the best epoch
     mode: str = "min"  # "min" or "max"
+    # A later epoch that only equals the best counts as an improvement. For
+    # coarse metrics such as accuracy on a small validation set, ties are
+    # common, and under a decaying LR the later weights are the better ones.
+    later_ties_win: bool = False
 
     def improved(self, value: float, best: float | None, min_delta: float) -> bool:
         if best is None:
             return True
-        return value < best - min_delta if self.mode == "min" else value > best + min_delta
+        gain = best - value if self.mode == "min" else value - best
+        return gain > min_delta or (self.later_ties_win and gain >= min_delta)
 
 
 @dataclass

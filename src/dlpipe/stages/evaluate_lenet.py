@@ -1,0 +1,65 @@
+"""Stage evaluate_lenet: the best LeNet weights on the test split.
+
+Writes reports/metrics/lenet.json (flat: test_accuracy, val_accuracy,
+class_accuracy_<class>), the confusion matrix as records for DVC's confusion
+template (reports/plots/lenet/confusion.json) and as a picture (.png).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data.classifier_prepared import load_meta
+from dlpipe.io import write_json
+from dlpipe.report.confusion import confusion_matrix, plot_confusion
+from dlpipe.stages._lenet import WEIGHTS, build_model, eval_loader
+from dlpipe.training.checkpoint import load_into
+from dlpipe.training.loop import predict
+
+log = logging.getLogger(__name__)
+METRICS = Path("reports/metrics/lenet.json")
+CONFUSION_JSON = Path("reports/plots/lenet/confusion.json")
+CONFUSION_PNG = Path("reports/plots/lenet/confusion.png")
+
+
+def metric_key(class_name: str) -> str:
+    return "class_accuracy_" + re.sub(r"[^A-Za-z0-9_]+", "_", class_name)
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    return (outputs.argmax(dim=1) == targets).float().mean().item()
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(0, params.device, params.threads)  # nothing random here
+    meta = load_meta()
+    names = meta["class_names"]
+    model = build_model(params, len(names), device, seeded=False)
+    load_into(model, WEIGHTS)
+
+    outputs, actual = predict(model, eval_loader("test", meta, device))
+    predicted = outputs.argmax(dim=1)
+    matrix = confusion_matrix(actual, predicted, len(names))
+    per_class = {metric_key(name): float(matrix[i, i] / matrix[i].sum())
+                 for i, name in enumerate(names) if matrix[i].sum() > 0}
+    val_outputs, val_targets = predict(model, eval_loader("val", meta, device))
+    metrics = {
+        "test_accuracy": accuracy(outputs, actual),
+        "val_accuracy": accuracy(val_outputs, val_targets),
+        "test_images": len(actual),
+        **per_class,
+    }
+    actual_names = [names[i] for i in actual.tolist()]
+    predicted_names = [names[i] for i in predicted.tolist()]
+    write_json(CONFUSION_JSON, [{"actual": a, "predicted": p} for a, p in zip(actual_names, predicted_names)])
+    plot_confusion(matrix, names, CONFUSION_PNG,
+                   f"LeNet on {meta['dataset']} test: accuracy {metrics['test_accuracy']:.4f}")
+    write_json(METRICS, metrics)
+    log.info("lenet on %s: test_accuracy %.4f (%d images), val_accuracy %.4f", meta["dataset"],
+             metrics["test_accuracy"], len(actual), metrics["val_accuracy"])

