@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,20 @@ TINY_OVERRIDES = {
     "lr_find.lenet.num_iter": 20,
     "lenet.train.epochs": 1,
     "lenet.train.max_batches": 3,
+    "dcgan.train.epochs": 1,
+    "dcgan.train.max_batches": 2,
+    "dcgan.train.grid_images": 16,
+    "dcgan.evaluate.fid_max_samples": 100,
+    "dcgan.evaluate.class_samples": 100,
+    "transfer.augment.image_size": 32,
+    "transfer.pretrain.train.epochs": 1,
+    "transfer.pretrain.train.max_batches": 2,
+    "lr_find.transfer_head.num_iter": 10,
+    "transfer.head.train.epochs": 1,
+    "transfer.head.train.max_batches": 2,
+    "lr_find.transfer_finetune.num_iter": 10,
+    "transfer.finetune.train.epochs": 1,
+    "transfer.finetune.train.max_batches": 2,
 }
 
 
@@ -179,3 +195,48 @@ def tiny_repo_factory(tmp_path_factory, houses_index):
         return make_tiny_repo(tmp_path_factory.mktemp(name) / "repo", f"{houses_index.url}/simple")
 
     return make
+
+
+# --------------------------------------------------------------------------- one tiny pipeline run, shared
+
+
+@dataclass
+class TinyRun:
+    repo: Path
+    env: dict
+    output: str  # dvc repro's stdout + stderr
+    seconds: float
+    index_requests: list  # paths the local package index served during the run
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tiny_repo_factory) -> tuple[Path, dict[str, str]]:
+    """The tiny commit every full run starts from (each engine in its own git clone of it),
+    so that all of them run the very same code and params even while the working tree is
+    being edited."""
+    return tiny_repo_factory("tiny_source")
+
+
+@pytest.fixture(scope="session")
+def tiny_dvc_run(tiny_source, houses_index, tmp_path_factory) -> TinyRun:
+    """A clone of the tiny commit after its first full ``dvc repro`` (its own ``src/`` on
+    PYTHONPATH, so the code DVC hashes is the code that runs). Shared by the test modules:
+    read it, or ``clone_run`` it before changing anything."""
+    source, env = tiny_source
+    repo = tmp_path_factory.mktemp("tiny_dvc_run") / "repo"
+    run(["git", "clone", "-q", str(source), str(repo)], source, env)
+    env = dict(env, PYTHONPATH=str(repo / "src"))
+    seen = len(houses_index.requests)
+    start = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
+    seconds = time.perf_counter() - start
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"dvc repro failed ({proc.returncode}):\n{output[-6000:]}"
+    print(f"\n[e2e timing] first dvc repro (tiny params): {seconds:.1f} s")
+    return TinyRun(repo, env, output, seconds, houses_index.requests[seen:])
+
+
+def clone_run(run_: TinyRun, dest: Path) -> tuple[Path, dict]:
+    """An independent copy of a run: git history, DVC cache and outputs (not DVC's tmp state)."""
+    shutil.copytree(run_.repo, dest, symlinks=True, ignore=lambda d, names: ["tmp"] if Path(d).name == ".dvc" else [])
+    return dest, dict(run_.env, PYTHONPATH=str(dest / "src"))

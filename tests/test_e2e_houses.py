@@ -156,10 +156,11 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def tiny_commit(tiny_repo_factory) -> tuple[Path, dict]:
+def tiny_commit(tiny_source) -> tuple[Path, dict]:
     """The tiny copy both engines start from (each in its own clone of its commit), so that
-    they run the very same code and params even while the working tree is being edited."""
-    return tiny_repo_factory("e2e_source")
+    they run the very same code and params even while the working tree is being edited
+    (conftest's, shared with the other modules that run the whole pipeline)."""
+    return tiny_source
 
 
 def git_clone(source: Path, dest: Path, env: dict) -> tuple[Path, dict]:
@@ -168,13 +169,11 @@ def git_clone(source: Path, dest: Path, env: dict) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def dvc_run(tiny_commit, houses_index, tmp_path_factory) -> Run:
-    """One tiny copy after its first ``dvc repro``; tests that share it only read it."""
-    repo, env = git_clone(tiny_commit[0], tmp_path_factory.mktemp("e2e_dvc") / "repo", tiny_commit[1])
-    seen = len(houses_index.requests)
-    out, seconds = sh(["dvc", "repro"], repo, env)
-    report_time("first dvc repro (tiny params)", seconds)
-    return Run(repo, env, out, seconds, houses_index.requests[seen:])
+def dvc_run(tiny_dvc_run) -> Run:
+    """One tiny copy after its first ``dvc repro`` (conftest's: a clone of tiny_commit, shared
+    with tests/test_report.py, which clones it before changing anything); tests here only read it."""
+    run = tiny_dvc_run
+    return Run(run.repo, run.env, run.output, run.seconds, run.index_requests)
 
 
 @pytest.fixture(scope="module")
@@ -289,17 +288,20 @@ def test_new_epoch_count_reruns_only_train_and_submission(dvc_run, tmp_path):
     set_param(repo, "houses.train.epochs", epochs)
 
     status = json_in(sh(["dvc", "status", "--json"], repo, env)[0])
-    assert set(status) == {"train_houses"}, status  # epochs is not a key the LR sweep reads
+    # epochs is not a key the LR sweep reads; the report shows every param (params.yaml is its file dep)
+    assert set(status) == {"train_houses", "report"}, status
     assert status["train_houses"] == [{"changed deps": {"params.yaml": {"houses.train": "modified"}}}]
+    assert status["report"] == [{"changed deps": {"params.yaml": "modified"}}]
 
     out, _ = sh(["dvc", "repro"], repo, env)
-    assert _RAN.findall(out) == ["train_houses", "submission_houses"], out[-3000:]
+    assert _RAN.findall(out) == ["train_houses", "submission_houses", "report"], out[-3000:]
     skipped = set(_SKIPPED.findall(out))
     assert {"fetch_houses", "prepare_houses", "lr_find_houses"} <= skipped
-    assert skipped == set(stage_names(repo)) - {"train_houses", "submission_houses"}
+    assert skipped == set(stage_names(repo)) - {"train_houses", "submission_houses", "report"}
 
-    # Rewritten: what the two stages make (and the training checkpoint); the rest untouched.
-    rerun = {out for stage in load_stages(repo / "dvc.yaml") if stage.name in ("train_houses", "submission_houses")
+    # Rewritten: what the three stages make (and the training checkpoint); the rest untouched.
+    rerun = {out for stage in load_stages(repo / "dvc.yaml")
+             if stage.name in ("train_houses", "submission_houses", "report")
              for out in stage.outs} | {"checkpoints/houses"}
     after = output_files(repo)
     assert set(after) == set(before)

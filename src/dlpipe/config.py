@@ -113,21 +113,124 @@ class LeNetModel:
 
 
 @dataclass(frozen=True)
+class TransferData:
+    name: str  # faces | hymenoptera
+    faces_val_fraction: float  # faces: share of each class written to val/
+    split_seed: int
+    hymenoptera_url: str
+    hymenoptera_md5: str  # "" = not pinned: the download is not checked
+
+
+@dataclass(frozen=True)
+class TransferPrepare:
+    max_side: int  # longer image sides are shrunk to this many pixels when decoded
+
+
+@dataclass(frozen=True)
+class TransferWeights:
+    weights: str  # imagenet | none | pipeline | <path of a state_dict file>
+
+
+@dataclass(frozen=True)
+class TransferAugment:
+    image_size: int  # side of the square crops the network sees
+    crop_scale: tuple[float, float]  # RandomResizedCrop's area share range
+    crop_ratio: tuple[float, float]  # RandomResizedCrop's aspect ratio range
+    flip: bool  # RandomHorizontalFlip
+    crop_fraction: float  # validation: Resize(image_size / crop_fraction) + CenterCrop(image_size)
+
+
+@dataclass(frozen=True)
+class TransferPretrain:
+    image_size: int
+    crop_scale: tuple[float, float]
+    train: Train
+
+
+@dataclass(frozen=True)
+class TransferHead:
+    train: Train
+
+
+@dataclass(frozen=True)
+class TransferFinetune:
+    lr_spread: float  # the first layer group's LR is the last one's divided by this
+    train: Train  # lr: auto | head_div_10 | a number (the last group's, fc)
+
+
+@dataclass(frozen=True)
+class TransferModel:
+    model: TransferWeights
+    augment: TransferAugment
+    pretrain: TransferPretrain
+    head: TransferHead
+    finetune: TransferFinetune
+
+
+@dataclass(frozen=True)
+class GanData:
+    name: str  # digits | cifar10 (the prepared classifier images) | folder (an ImageFolder of pictures)
+    folder: str  # name: folder -> the folder's path
+    max_images: int  # name: folder -> at most this many images, a seeded sample; 0 = all
+
+
+@dataclass(frozen=True)
+class DCGANArch:
+    nz: int  # size of the noise vector
+    ngf: int  # generator width (channels of its last hidden layer)
+    ndf: int  # discriminator width (channels of its first layer)
+    nc: int  # image channels: 1 (grey) or 3 (colour)
+
+
+@dataclass(frozen=True)
+class DCGANTrain:
+    epochs: int
+    batch_size: int
+    lr: float
+    beta1: float
+    beta2: float
+    grid_images: int  # fixed noise vectors drawn into every epoch's sample grid
+    collapse_threshold: float  # D(G(z)) below this: the discriminator wins completely
+    collapse_patience: int  # that many consecutive such steps are reported as a collapse
+    max_batches: int | None = None
+
+
+@dataclass(frozen=True)
+class DCGANEvaluate:
+    fid_max_samples: int  # cap on N, the size of each FID sample
+    class_samples: int  # generated images whose LeNet classes give min_class_share
+    inception_fid: bool  # also torchmetrics' Inception FID, only with locally present weights
+
+
+@dataclass(frozen=True)
+class DCGANModel:
+    image_size: int  # 32 | 64; the networks' depth follows it
+    model: DCGANArch
+    train: DCGANTrain
+    evaluate: DCGANEvaluate
+
+
+@dataclass(frozen=True)
 class Data:
     houses: HousesData
     classifier: ClassifierData
+    transfer: TransferData
+    gan: GanData
 
 
 @dataclass(frozen=True)
 class Prepare:
     houses: HousesPrepare
     classifier: ClassifierPrepare
+    transfer: TransferPrepare
 
 
 @dataclass(frozen=True)
 class LRFindSection:
     houses: LRFind
     lenet: LRFind
+    transfer_head: LRFind
+    transfer_finetune: LRFind
 
 
 @dataclass(frozen=True)
@@ -140,6 +243,8 @@ class Params:
     lr_find: LRFindSection
     houses: HousesModel
     lenet: LeNetModel
+    transfer: TransferModel
+    dcgan: DCGANModel
     raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
     def section_hash(self, *keys: str) -> str:

@@ -2,6 +2,19 @@
 # (persisted outs left out), params = the stage's params.yaml values, so that a
 # changed value, like a changed command, reruns the rule as `dvc repro` would.
 from dlpipe.workflow_graph import load_stages, produced_by, resolve_params, is_directory, source_files
+import os
+
+# GPUs on this machine: every job runs its command through dlpipe.gpu_slots,
+# which gives a job needing gpu=N (the profile's set-resources) N devices no
+# other running job holds, and a job needing none no device. How many GPU jobs
+# run at once is Snakemake's business: --resources gpu=K. Mapping is for the
+# local executor only: a cluster's scheduler hands each job its own GPUs. The
+# executor is known only once the run starts (not while this file is read),
+# hence the onstart handler; it runs in the main process only (never in a
+# cluster job, and not with --no-hooks), before the first job starts.
+onstart:
+    if workflow.local_exec:
+        os.environ["DLPIPE_GPU_LOCKS"] = os.path.abspath(".snakemake/gpu_slots")
 
 # dvc.yaml sits beside the Snakefile; job paths are relative to the working
 # directory, which is the repository root when run as documented.
@@ -48,5 +61,8 @@ for _stage in STAGES:
         # Default 1; the profiles raise it per stage (set-threads). Snakemake
         # exports OMP_NUM_THREADS=threads, which dlpipe.runtime hands to torch.
         threads: 1
+        # Default none; the profiles give the stages that train or evaluate one.
+        resources:
+            gpu=0,
         shell:
-            "{params.cmd} > {log} 2>&1"
+            "python -m dlpipe.gpu_slots {resources.gpu} {params.cmd:q} > {log} 2>&1"

@@ -55,9 +55,11 @@ def fetch_digits(dest: Path) -> None:
                                     "class_names": [str(name) for name in digits.target_names]})
 
 
-def download(url: str, dest: Path, expected_md5: str) -> None:
-    """Stream ``url`` to ``dest``, checking the length the server announced and the md5."""
-    where = "(params 'data.classifier.cifar10_url')"
+def download(url: str, dest: Path, expected_md5: str, url_key: str = "data.classifier.cifar10_url",
+             md5_key: str = "data.classifier.cifar10_md5") -> str:
+    """Stream ``url`` to ``dest``, checking the length the server announced and the md5
+    (skipped when ``expected_md5`` is empty); returns the md5. Errors name the params keys."""
+    where = f"(params '{url_key}')"
     try:
         response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as exc:
@@ -82,12 +84,13 @@ def download(url: str, dest: Path, expected_md5: str) -> None:
     if total is not None and received != total:
         raise PipelineError(f"download of {url} is truncated: {received} of {total} bytes")
     actual = digest.hexdigest()
-    if actual != expected_md5:
+    if expected_md5 and actual != expected_md5:
         raise PipelineError(
             f"{PurePosixPath(url).name} from {url}: md5 is {actual}, expected {expected_md5} "
-            f"(params 'data.classifier.cifar10_md5'): the download is corrupt or truncated, "
+            f"(params '{md5_key}'): the download is corrupt or truncated, "
             f"or the md5 in params is wrong"
         )
+    return actual
 
 
 def unsafe_reason(member: tarfile.TarInfo) -> str | None:

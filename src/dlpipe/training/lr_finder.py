@@ -20,6 +20,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -83,16 +84,43 @@ def suggest_min_div_10(lrs: np.ndarray, losses: np.ndarray) -> float:
 SUGGESTERS = {"valley": suggest_valley, "steepest": suggest_steepest, "min_div_10": suggest_min_div_10}
 
 
-def range_test(model, optimizer, loss_fn, loader, cfg: LRFind, device: torch.device) -> dict:
-    """Sweep the LR, restore model and optimizer, and return the record for JSON."""
+def _scale_groups(optimizer, ratios: Sequence[float]) -> list:
+    """Hooks that run each step with group i at ``ratios[i]`` x the LR torch-lr-finder
+    set (it sets one LR for all groups), then put that LR back for its scheduler."""
+    if len(ratios) != len(optimizer.param_groups):
+        raise ValueError(f"{len(ratios)} LR ratios for {len(optimizer.param_groups)} parameter groups")
+    swept: list[float] = []
+
+    def scale(opt, args, kwargs):
+        swept[:] = [group["lr"] for group in opt.param_groups]
+        for group, ratio in zip(opt.param_groups, ratios):
+            group["lr"] = group["lr"] * ratio
+
+    def restore(opt, args, kwargs):
+        for group, lr in zip(opt.param_groups, swept):
+            group["lr"] = lr
+
+    return [optimizer.register_step_pre_hook(scale), optimizer.register_step_post_hook(restore)]
+
+
+def range_test(model, optimizer, loss_fn, loader, cfg: LRFind, device: torch.device,
+               lr_ratios: Sequence[float] | None = None) -> dict:
+    """Sweep the LR, restore model and optimizer, and return the record for JSON.
+    ``lr_ratios``: discriminative LRs, group i at ratios[i] x the swept LR (the
+    recorded LR is that of a group with ratio 1)."""
     # torch-lr-finder divides the loss in place (gradient accumulation); a clone
     # keeps that off the output of sqrt, whose backward needs it unchanged.
     finder = LRFinder(model, optimizer, lambda out, target: loss_fn(out, target).clone(), device=device)
+    hooks = _scale_groups(optimizer, lr_ratios) if lr_ratios is not None else []
     # torch-lr-finder prints progress and notes to stdout; keep stage logs tidy.
-    with contextlib.redirect_stdout(io.StringIO()):
-        finder.range_test(_LoaderIter(loader), start_lr=cfg.start_lr, end_lr=cfg.end_lr,
-                          num_iter=cfg.num_iter, step_mode=cfg.step_mode, smooth_f=cfg.smooth,
-                          diverge_th=cfg.diverge_threshold)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            finder.range_test(_LoaderIter(loader), start_lr=cfg.start_lr, end_lr=cfg.end_lr,
+                              num_iter=cfg.num_iter, step_mode=cfg.step_mode, smooth_f=cfg.smooth,
+                              diverge_th=cfg.diverge_threshold)
+    finally:
+        for hook in hooks:
+            hook.remove()
     finder.reset()  # model weights and optimizer state as they were before the sweep
     lrs = np.asarray(finder.history["lr"], dtype=float)
     losses = np.asarray(finder.history["loss"], dtype=float)
@@ -106,11 +134,25 @@ def range_test(model, optimizer, loss_fn, loader, cfg: LRFind, device: torch.dev
         "lrs": lrs.tolist(), "losses": losses.tolist(), "suggestions": suggestions,
         "rule": cfg.rule, "suggested_lr": suggestions[cfg.rule],
         "diverged": bool(len(lrs) < cfg.num_iter), "step_mode": cfg.step_mode,
+        **({"lr_ratios": [float(r) for r in lr_ratios]} if lr_ratios is not None else {}),
     }
 
 
+def curve_path(json_path: Path) -> Path:
+    """reports/lr_find/<model>.json -> reports/lr_find/<model>_curve.json."""
+    json_path = Path(json_path)
+    return json_path.with_name(f"{json_path.stem}_curve.json")
+
+
 def save_result(result: dict, json_path: Path) -> None:
+    """The record (parallel lists, read by ``lr: auto``) and the same curve as a list of
+    records {lr, loss, suggested_lr}, the shape ``dvc plots`` draws (log-x template
+    .dvc/plots/lr_find_logx.json)."""
     write_json(json_path, result)
+    write_json(curve_path(json_path), [
+        {"lr": lr, "loss": loss, "suggested_lr": result["suggested_lr"]}
+        for lr, loss in zip(result["lrs"], result["losses"])
+    ])
 
 
 def resolve_lr(lr: float | str, json_path: Path, key: str) -> float:

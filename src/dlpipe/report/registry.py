@@ -1,0 +1,175 @@
+"""What the report shows for each model: one small record per model.
+
+A model's section lists the files it reads (metrics, LR range tests, training
+histories, pictures) and the named extra blocks drawn from its other outputs.
+The report renders a model, and each of its files, only when dvc.yaml has a
+stage producing that file, so a registry entry for a model whose stages are not
+in the graph yet is simply skipped. ``tests/test_report.py`` checks that the
+``report`` stage in dvc.yaml depends on every registry file that dvc.yaml
+produces.
+
+To add a model: append a ``Model`` here, list its files, and add those that
+dvc.yaml produces to the ``report`` stage's deps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Headline:
+    key: str  # key in the model's flat metrics JSON
+    label: str
+    better: str = ""  # "higher" | "lower" | "" (a reference value: no direction)
+
+
+@dataclass(frozen=True)
+class LRFind:
+    label: str
+    json: str  # reports/lr_find/<name>.json (lrs, losses, suggestions, rule, suggested_lr)
+    lr_param: str = ""  # dotted params key of the LR training used ("auto" = the suggestion)
+    history: str = ""  # the history whose lr column shows the schedule actually run
+    # other values of lr_param: (value, label of another LRFind of the model, factor),
+    # e.g. ("head_div_10", "head", 0.1): a tenth of the LR the head stage used
+    relative: tuple[tuple[str, str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    columns: tuple[str, ...]
+    log_y: bool | None = None  # None: log when the values span more than a factor of 100
+
+
+@dataclass(frozen=True)
+class History:
+    label: str  # e.g. "head", "fine-tune": several histories share one axis, boundaries marked
+    csv: str  # per-epoch CSV with an epoch column
+    best: tuple[str, str] = ("", "")  # (column, "min" | "max"): the epoch whose weights were kept
+    figure: str = ""  # histories with the same figure title share one epoch axis ("" = the model's title)
+    train: str = ""  # dotted params key of the stage's training section (optimizer, schedule, ...)
+    x: str = "epoch"  # the CSV's x column (a GAN logs per step)
+
+
+@dataclass(frozen=True)
+class Picture:
+    path: str  # a PNG, or a folder of PNGs (a gallery in name order)
+    caption: str
+    most: int = 0  # a folder: show at most this many, evenly spaced, first and last included (0 = all)
+
+
+@dataclass(frozen=True)
+class Extra:
+    name: str  # a function in dlpipe.report.page.EXTRAS
+    files: tuple[str, ...] = ()  # what it reads besides the metrics: drawn only when dvc.yaml makes them
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    title: str
+    summary: str
+    metrics: str
+    headline: tuple[Headline, ...]  # keys of ``metrics``
+    params: tuple[str, ...]  # params.yaml sections shown beside the model
+    lr_finds: tuple[LRFind, ...] = ()
+    histories: tuple[History, ...] = ()
+    panels: tuple[Panel, ...] = ()  # empty: grouped from the CSV's columns
+    pictures: tuple[Picture, ...] = ()
+    extras: tuple[Extra, ...] = ()  # blocks drawn from the model's other outputs
+    more_metrics: tuple[str, ...] = ()  # further metrics files, listed in full below the section
+
+    def files(self) -> list[str]:
+        """Every file or folder this section reads, metrics first."""
+        paths = [self.metrics, *self.more_metrics]
+        paths += [lr.json for lr in self.lr_finds]
+        paths += [history.csv for history in self.histories]
+        paths += [picture.path for picture in self.pictures]
+        paths += [path for extra in self.extras for path in extra.files]
+        return list(dict.fromkeys(paths))
+
+
+MODELS: tuple[Model, ...] = (
+    Model(
+        name="houses",
+        title="House prices MLP",
+        summary="Kaggle House Prices: fully connected net on 313 features, RMSLE loss, early stopping.",
+        metrics="reports/metrics/houses.json",
+        headline=(Headline("val_rmsle", "validation RMSLE", "lower"),
+                  Headline("val_rmsle_without_outliers", "validation RMSLE without outliers", "lower")),
+        params=("prepare.houses", "lr_find.houses", "houses"),
+        lr_finds=(LRFind("houses MLP", "reports/lr_find/houses.json", "houses.train.lr",
+                         "reports/plots/houses/history.csv"),),
+        histories=(History("training", "reports/plots/houses/history.csv", ("val_rmsle", "min"),
+                           train="houses.train"),),
+        panels=(Panel("RMSLE (log-price RMSE)", ("train_loss", "val_rmsle")),
+                Panel("learning rate", ("lr",), log_y=True)),
+        extras=(Extra("houses_predictions", ("reports/plots/houses/val_predictions.csv",)),
+                Extra("submission", ("reports/submission.csv",))),
+    ),
+    Model(
+        name="lenet",
+        title="LeNet classifier",
+        summary="The seed's LeNet on 3x32x32 images (digits by default, CIFAR-10 on request).",
+        metrics="reports/metrics/lenet.json",
+        headline=(Headline("test_accuracy", "test accuracy", "higher"),
+                  Headline("val_accuracy", "validation accuracy", "higher")),
+        params=("data.classifier", "prepare.classifier", "lr_find.lenet", "lenet"),
+        lr_finds=(LRFind("LeNet", "reports/lr_find/lenet.json", "lenet.train.lr",
+                         "reports/plots/lenet/history.csv"),),
+        histories=(History("training", "reports/plots/lenet/history.csv", ("val_accuracy", "max"),
+                           train="lenet.train"),),
+        panels=(Panel("cross-entropy", ("train_loss", "val_loss")),
+                Panel("validation accuracy", ("val_accuracy",), log_y=False),
+                Panel("learning rate", ("lr",), log_y=True)),
+        pictures=(Picture("reports/plots/lenet/confusion.png", "Confusion matrix on the test split "
+                          "(cells coloured by the share of the actual class)"),),
+        extras=(Extra("mistakes", ("reports/plots/lenet/confusion.json",)),),
+    ),
+    Model(
+        name="transfer",
+        title="ResNet18 transfer",
+        summary="ResNet18 with a new fc: first the head alone on the frozen backbone, then the whole "
+                "net fine-tuned with discriminative LRs, from the head stage's best weights.",
+        metrics="reports/metrics/transfer.json",
+        headline=(Headline("head_val_accuracy", "validation accuracy after the head stage", "higher"),
+                  Headline("finetune_val_accuracy", "validation accuracy after fine-tuning", "higher")),
+        params=("data.transfer", "prepare.transfer", "lr_find.transfer_head", "lr_find.transfer_finetune",
+                "transfer"),
+        lr_finds=(LRFind("head", "reports/lr_find/transfer_head.json", "transfer.head.train.lr",
+                         "reports/plots/transfer/head_history.csv"),
+                  LRFind("fine-tune", "reports/lr_find/transfer_finetune.json", "transfer.finetune.train.lr",
+                         "reports/plots/transfer/finetune_history.csv", relative=(("head_div_10", "head", 0.1),))),
+        histories=(History("head", "reports/plots/transfer/head_history.csv", ("val_accuracy", "max"),
+                           train="transfer.head.train"),
+                   History("fine-tune", "reports/plots/transfer/finetune_history.csv", ("val_accuracy", "max"),
+                           train="transfer.finetune.train"),
+                   History("backbone", "reports/plots/transfer/backbone_history.csv", ("val_accuracy", "max"),
+                           figure="Backbone pre-training (weights: pipeline)", train="transfer.pretrain.train")),
+        pictures=(Picture("reports/plots/transfer/misclassified.png",
+                          "Validation images the fine-tuned network gets wrong"),),
+    ),
+    Model(
+        name="dcgan",
+        title="DCGAN",
+        summary="DCGAN generator and discriminator (N(0, 0.02) init, BCE, Adam 2e-4, beta1 0.5); the same "
+                "fixed noise drawn after every epoch; FID measured in the pipeline LeNet's feature space.",
+        metrics="reports/metrics/dcgan.json",
+        headline=(Headline("fid", "FID (LeNet features)", "lower"),
+                  Headline("fid_floor", "FID floor (real vs real)"),
+                  Headline("fid_ceiling", "FID ceiling (untrained generator)"),
+                  Headline("min_class_share", "smallest class share of samples", "higher"),
+                  Headline("mean_confidence", "mean classifier confidence on samples", "higher")),
+        more_metrics=("reports/metrics/dcgan_train.json",),
+        params=("data.gan", "dcgan"),
+        # per-epoch means (steps.csv, per step, is for `dvc plots`)
+        histories=(History("training", "reports/plots/dcgan/history.csv", train="dcgan.train"),),
+        panels=(Panel("losses (BCE), epoch means", ("loss_d", "loss_g")),
+                Panel("discriminator outputs, epoch means", ("d_x", "d_g_z1", "d_g_z2"), log_y=False)),
+        pictures=(Picture("reports/plots/dcgan/final_grid.png", "Final generator on the fixed noise"),
+                  Picture("reports/dcgan", "The fixed noise after each epoch", most=12)),
+        extras=(Extra("dcgan_fid", ("reports/fid/dcgan.json",)),
+                Extra("class_shares", ("reports/plots/dcgan/class_histogram.csv",))),
+    ),
+)

@@ -1,0 +1,111 @@
+"""What the transfer stages share: paths, loaders over the prepared images (the
+seed's transforms as batch hooks), the ResNet18 of each stage and its LRs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from dlpipe.config import Params, Train
+from dlpipe.data.augment import EvalTransform
+from dlpipe.data.loaders import TensorLoader
+from dlpipe.data.transfer_augment import RandomResizedCropFlip, eval_crops, imagenet_normalize
+from dlpipe.data.transfer_images import META_JSON, PREPARED_DIR, load_split
+from dlpipe.errors import PipelineError
+from dlpipe.models.resnet import ResNet18, group_lrs, load_backbone
+from dlpipe.training.checkpoint import load_into
+from dlpipe.training.lr_finder import resolve_lr
+
+BACKBONE = Path("models/transfer_backbone.pt")
+HEAD_WEIGHTS = Path("models/transfer_head.pt")
+FINETUNE_WEIGHTS = Path("models/transfer_finetune.pt")
+HEAD_LR_JSON = Path("reports/lr_find/transfer_head.json")
+FINETUNE_LR_JSON = Path("reports/lr_find/transfer_finetune.json")
+PLOTS = Path("reports/plots/transfer")
+CHECKPOINTS = Path("checkpoints")
+PREPARED_FILES = [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]
+EVAL_BATCH = 256
+
+
+def check_range(pair: Sequence[float], key: str) -> tuple[float, float]:
+    low, high = pair
+    if low > high:
+        raise PipelineError(f"params.yaml: '{key}': [{low}, {high}] is not a range; expected [low, high] with low <= high")
+    return float(low), float(high)
+
+
+def augmenting_loader(images: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor, params: Params, cfg: Train,
+                      size: int, scale_key: str, scale: Sequence[float], flip: bool, capped: bool) -> TensorLoader:
+    """Shuffled training batches of RandomResizedCrop (+ flip) + Normalize; ``capped``
+    applies ``max_batches`` (the LR range test counts its own steps)."""
+    ratio = check_range(params.transfer.augment.crop_ratio, "transfer.augment.crop_ratio")
+    transform = RandomResizedCropFlip(images, sizes, size, check_range(scale, scale_key), ratio, flip,
+                                      imagenet_normalize(images.device))
+    # The loader hands out image indices; the hook looks up pixels and sizes (see RandomResizedCropFlip).
+    return TensorLoader(torch.arange(len(labels)), labels, cfg.batch_size, shuffle=True, seed=params.seed,
+                        transform=transform, max_batches=cfg.max_batches if capped else None)
+
+
+def eval_loader(images: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor, size: int,
+                crop_fraction: float) -> TensorLoader:
+    crops = eval_crops(images, sizes, size, crop_fraction)
+    return TensorLoader(crops, labels, EVAL_BATCH, transform=EvalTransform(imagenet_normalize(images.device)))
+
+
+def train_loader(params: Params, cfg: Train, device: torch.device, capped: bool = True) -> TensorLoader:
+    data, aug = load_split("train", device), params.transfer.augment
+    return augmenting_loader(data["images"], data["sizes"], data["labels"], params, cfg, aug.image_size,
+                             "transfer.augment.crop_scale", aug.crop_scale, aug.flip, capped)
+
+
+def val_loader(params: Params, device: torch.device) -> TensorLoader:
+    data, aug = load_split("val", device), params.transfer.augment
+    return eval_loader(data["images"], data["sizes"], data["labels"], aug.image_size, aug.crop_fraction)
+
+
+def build_model(params: Params, num_classes: int, device: torch.device) -> ResNet18:
+    torch.manual_seed(params.seed)  # the same new fc for the range test and training
+    return ResNet18(num_classes).to(device)
+
+
+def weights_files(params: Params) -> list[Path]:
+    """The file the backbone weights come from, for checkpoint identity."""
+    weights = params.transfer.model.weights
+    if weights == "pipeline":
+        return [BACKBONE]
+    if weights in ("none", "imagenet"):
+        return []  # imagenet: torchvision's file, named after its own sha256
+    return [Path(weights)]
+
+
+def head_model(params: Params, num_classes: int, device: torch.device) -> tuple[ResNet18, str]:
+    """Stage 1's network: the backbone from ``transfer.model.weights``, frozen; a new fc."""
+    model = build_model(params, num_classes, device)
+    source = load_backbone(model, params.transfer.model.weights, BACKBONE)
+    return model.freeze_backbone(True), source
+
+
+def finetune_model(params: Params, num_classes: int, device: torch.device) -> ResNet18:
+    """Stage 2's network: the head stage's best weights, everything trainable."""
+    model = build_model(params, num_classes, device)
+    load_into(model, HEAD_WEIGHTS)
+    return model.freeze_backbone(False)
+
+
+def head_lr(params: Params) -> float:
+    return resolve_lr(params.transfer.head.train.lr, HEAD_LR_JSON, "transfer.head.train.lr")
+
+
+def finetune_lr(params: Params) -> float:
+    """The last group's (fc) LR: a tenth of stage 1's by default, as the seed advises."""
+    lr = params.transfer.finetune.train.lr
+    if lr == "head_div_10":
+        return head_lr(params) / 10
+    return resolve_lr(lr, FINETUNE_LR_JSON, "transfer.finetune.train.lr")
+
+
+def finetune_groups(model: ResNet18, lr: float, spread: float) -> list[dict]:
+    """Optimizer groups stem+layer1, layer2, layer3, layer4, fc at LRs lr/spread .. lr."""
+    return [{"params": params, "lr": group_lr} for params, group_lr in zip(model.layer_groups(), group_lrs(lr, spread))]

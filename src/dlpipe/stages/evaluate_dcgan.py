@@ -1,0 +1,145 @@
+"""Stage evaluate_dcgan: an offline quality measure of the trained generator.
+
+Inception weights cannot be downloaded here, so the Fréchet distance is taken
+in the penultimate (84-d) layer of the pipeline's LeNet (models/lenet.pt),
+between N generated images and N real images that LeNet never saw in
+training (data/prepared/gan's real pool: for digits, the classifier's val
+and test splits, 538 images). Beside it, on the same N:
+
+- fid_ceiling: the untrained generator (the very weights training started
+  from, on the same noise);
+- fid_floor: two disjoint real samples of the pool. A Fréchet distance
+  estimated from N samples carries a bias that falls roughly as 1/N, so the
+  floor must use the same N as the comparison: N = min(fid_max_samples,
+  pool // 2), so that two disjoint halves exist (digits: 269).
+
+Also the LeNet's classes of ``class_samples`` generated images: the smallest
+class share (min_class_share: mode dropping) and the mean top-class
+probability (mean_confidence: recognisable digits).
+
+reports/metrics/dcgan.json holds flat numbers only; how each sample was drawn
+is written out in reports/fid/dcgan.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import torch
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data import classifier_prepared as cp
+from dlpipe.data.gan_prepared import REAL_EVAL, TRAIN, load_images, load_meta
+from dlpipe.errors import PipelineError
+from dlpipe.io import write_json, write_text
+from dlpipe.models.lenet import LeNet
+from dlpipe.report.fid import LeNetFeatures, frechet_distance, inception_distance
+from dlpipe.report.sample_grid import to_uint8
+from dlpipe.stages._dcgan import (CLASS_NOISE_OFFSET, EVAL_NOISE_OFFSET, GENERATOR_WEIGHTS, REAL_DRAW_OFFSET,
+                                  build_networks, generate, noise)
+from dlpipe.training.checkpoint import load_into
+
+log = logging.getLogger(__name__)
+LENET_WEIGHTS = Path("models/lenet.pt")  # train_lenet's output (not imported: _lenet pulls in its loaders)
+METRICS = Path("reports/metrics/dcgan.json")
+FID_RECORD = Path("reports/fid/dcgan.json")
+CLASS_HISTOGRAM = Path("reports/plots/dcgan/class_histogram.csv")
+BATCH = 500
+
+
+def lenet_features(params: Params, device: torch.device) -> tuple[LeNetFeatures, list[str]]:
+    meta = cp.load_meta()
+    arch = params.lenet.model
+    lenet = LeNet(len(meta["class_names"]), tuple(arch.channels), tuple(arch.hidden)).to(device)
+    load_into(lenet, LENET_WEIGHTS)
+    return LeNetFeatures(lenet, meta["mean"], meta["std"]).to(device), meta["class_names"]
+
+
+def fid_sample_size(pool: int, cap: int) -> int:
+    n = min(cap, pool // 2)
+    if n < 2:
+        raise PipelineError(f"the real pool for the FID holds {pool} images: two disjoint samples of at least 2 "
+                            "are needed (data/prepared/gan)")
+    return n
+
+
+@torch.no_grad()
+def class_shares(features: LeNetFeatures, images: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, float]:
+    """Share of each predicted class, and the mean top-class probability."""
+    probs = torch.cat([features.logits(images[i:i + BATCH]).softmax(dim=1) for i in range(0, len(images), BATCH)])
+    top, predicted = probs.max(dim=1)
+    shares = torch.bincount(predicted, minlength=num_classes).double() / len(images)
+    return shares.cpu(), top.mean().item()
+
+
+def write_histogram(path: Path, names: list[str], shares: torch.Tensor) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "share"])
+    writer.writerows([name, f"{share:.6f}"] for name, share in zip(names, shares.tolist()))
+    write_text(path, buffer.getvalue())
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(params.seed, params.device, params.threads)
+    cfg, nz = params.dcgan.evaluate, params.dcgan.model.nz
+    meta = load_meta()
+    features, class_names = lenet_features(params, device)
+    pool = load_images(REAL_EVAL if meta["eval_pool"] == "real_eval" else TRAIN, meta, device)
+    n = fid_sample_size(len(pool), cfg.fid_max_samples)
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(params.seed + REAL_DRAW_OFFSET))
+    real_a, real_b = pool[order[:n].to(device)], pool[order[n:2 * n].to(device)]
+
+    untrained, _ = build_networks(params, meta["nc"], device)  # training's starting point
+    trained, _ = build_networks(params, meta["nc"], device)
+    load_into(trained, GENERATOR_WEIGHTS)
+    z = noise(n, nz, params.seed + EVAL_NOISE_OFFSET, device)
+    fake, fake_untrained = to_uint8(generate(trained, z)), to_uint8(generate(untrained, z))
+
+    fid = frechet_distance(features, real_a, fake)
+    ceiling = frechet_distance(features, real_a, fake_untrained)
+    floor = frechet_distance(features, real_a, real_b)
+    shares, confidence = class_shares(
+        features, to_uint8(generate(trained, noise(cfg.class_samples, nz, params.seed + CLASS_NOISE_OFFSET, device))),
+        len(class_names))
+    metrics = {
+        "fid": fid, "fid_ceiling": ceiling, "fid_floor": floor,
+        "fid_over_ceiling": fid / ceiling if ceiling > 0 else float("inf"),
+        "fid_over_floor": fid / floor if floor > 0 else float("inf"),
+        "fid_samples": n, "fid_real_pool": len(pool),
+        "class_samples": cfg.class_samples,
+        "min_class_share": shares.min().item(), "max_class_share": shares.max().item(),
+        "mean_confidence": confidence,
+    }
+    if cfg.inception_fid:
+        metrics["fid_inception"] = inception_distance(real_a, fake)
+        metrics["fid_inception_floor"] = inception_distance(real_a, real_b)
+    record = {
+        "feature_network": f"{LENET_WEIGHTS} (LeNet {list(params.lenet.model.channels)}/"
+                           f"{list(params.lenet.model.hidden)}), penultimate layer, {features.num_features} features",
+        "implementation": "torchmetrics.image.fid.FrechetInceptionDistance(feature=<that LeNet>)",
+        "image_path": "uint8 pictures (generated ones quantised like a saved PNG) -> 3 channels, 32 x 32, "
+                      "normalised by the classifier's training-split mean and std",
+        "real_pool": f"{meta['eval_pool_from']}; {len(pool)} images",
+        "real_sample": f"the first {n} of a permutation of the pool drawn with seed {params.seed + REAL_DRAW_OFFSET}",
+        "floor_sample": f"the next {n} of that permutation, disjoint from the real sample",
+        "generated_sample": f"{n} images of {GENERATOR_WEIGHTS} (eval mode) from N(0, 1) noise drawn with seed "
+                            f"{params.seed + EVAL_NOISE_OFFSET}",
+        "ceiling_sample": f"the untrained generator (its initial weights, seed {params.seed}) on that same noise",
+        "class_sample": f"{cfg.class_samples} generated images from noise drawn with seed "
+                        f"{params.seed + CLASS_NOISE_OFFSET}, classified by the same LeNet",
+        "why_n": "N = min(dcgan.evaluate.fid_max_samples, pool // 2): the floor needs two disjoint real samples, "
+                 "and every distance uses the same N because the estimate's bias falls roughly as 1/N",
+        "class_shares": dict(zip(class_names, shares.tolist())),
+        "metrics": metrics,
+    }
+    write_histogram(CLASS_HISTOGRAM, class_names, shares)
+    write_json(FID_RECORD, record)
+    write_json(METRICS, metrics)
+    log.info("dcgan: fid %.3f (ceiling %.3f, floor %.3f; fid/ceiling %.4f, fid/floor %.2f; N %d of a pool of %d), "
+             "min_class_share %.3f, mean_confidence %.3f", fid, ceiling, floor, metrics["fid_over_ceiling"],
+             metrics["fid_over_floor"], n, len(pool), metrics["min_class_share"], confidence)

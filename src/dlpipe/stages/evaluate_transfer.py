@@ -1,0 +1,55 @@
+"""Stage evaluate_transfer: both stages' best weights on the validation images.
+
+Writes reports/metrics/transfer.json (flat: head_val_accuracy,
+finetune_val_accuracy, val_images, finetune_misclassified) and a grid of the
+validation images the fine-tuned network gets wrong, as it saw them
+(reports/plots/transfer/misclassified.png).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data.transfer_images import load_meta
+from dlpipe.io import write_json
+from dlpipe.models.resnet import ResNet18
+from dlpipe.report.image_grid import plot_image_grid
+from dlpipe.stages._transfer import FINETUNE_WEIGHTS, HEAD_WEIGHTS, PLOTS, val_loader
+from dlpipe.training.checkpoint import load_into
+from dlpipe.training.loop import predict
+
+log = logging.getLogger(__name__)
+METRICS = Path("reports/metrics/transfer.json")
+MISCLASSIFIED_PNG = PLOTS / "misclassified.png"
+MAX_SHOWN = 36
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(0, params.device, params.threads)  # nothing random here
+    meta = load_meta()
+    names, files = meta["class_names"], meta["files"]["val"]
+    loader = val_loader(params, device)
+    accuracy, predicted = {}, None
+    for stage, weights in (("head", HEAD_WEIGHTS), ("finetune", FINETUNE_WEIGHTS)):
+        model = ResNet18(len(names)).to(device)  # every weight comes from the file
+        load_into(model, weights)
+        outputs, targets = predict(model, loader)
+        predicted = outputs.argmax(dim=1)
+        accuracy[stage] = (predicted == targets).float().mean().item()
+    wrong = (predicted != targets).nonzero().flatten().tolist()  # the fine-tuned network's mistakes
+    metrics = {
+        "head_val_accuracy": accuracy["head"], "finetune_val_accuracy": accuracy["finetune"],
+        "val_images": len(targets), "finetune_misclassified": len(wrong),
+    }
+    shown = wrong[:MAX_SHOWN]
+    captions = [f"{Path(files[i]).name}\n{names[targets[i]]} -> {names[predicted[i]]}" for i in shown]
+    plot_image_grid(loader.inputs[shown], captions, MISCLASSIFIED_PNG,
+                    f"ResNet18 fine-tuned on {meta['dataset']}: {len(wrong)} of {len(targets)} validation "
+                    f"images misclassified" + (f" (first {MAX_SHOWN})" if len(wrong) > MAX_SHOWN else ""),
+                    empty_note="no validation image misclassified")
+    write_json(METRICS, metrics)
+    log.info("transfer on %s: head_val_accuracy %.4f, finetune_val_accuracy %.4f (%d images)",
+             meta["dataset"], accuracy["head"], accuracy["finetune"], len(targets))

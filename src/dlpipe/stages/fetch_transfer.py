@@ -1,0 +1,17 @@
+"""Stage fetch_transfer: the LFW faces (embedded, written as PNGs) or the
+hymenoptera zip (downloaded, md5-checked, safely extracted) as an ImageFolder
+with train/ and val/ in data/raw/transfer/."""
+
+from __future__ import annotations
+
+import logging
+
+from dlpipe.config import Params
+from dlpipe.data.transfer_fetch import RAW_DIR, fetch
+
+log = logging.getLogger(__name__)
+
+
+def main(params: Params) -> None:
+    fetch(params.data.transfer, RAW_DIR)
+    log.info("fetched %s into %s", params.data.transfer.name, RAW_DIR)

@@ -1,0 +1,33 @@
+"""Stage lr_find_transfer_head: LR range test of the new fc on the frozen
+backbone (BatchNorm in eval mode), with stage 1's optimizer, on augmented
+training batches."""
+
+from __future__ import annotations
+
+import logging
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data.transfer_images import load_meta
+from dlpipe.report.lr_plot import plot_lr_find
+from dlpipe.stages._transfer import HEAD_LR_JSON, head_model, train_loader
+from dlpipe.training import lr_finder
+from dlpipe.training.schedules import build_optimizer
+from dlpipe.training.tasks import classification
+
+log = logging.getLogger(__name__)
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(params.seed, params.device, params.threads)
+    meta = load_meta()
+    cfg = params.transfer.head.train
+    loader = train_loader(params, cfg, device, capped=False)
+    model, source = head_model(params, len(meta["class_names"]), device)
+    optimizer = build_optimizer(model.fc.parameters(), cfg, lr=params.lr_find.transfer_head.start_lr)
+    record = lr_finder.range_test(model, optimizer, classification().loss_fn, loader,
+                                  params.lr_find.transfer_head, device)
+    lr_finder.save_result(record, HEAD_LR_JSON)
+    plot_lr_find(record, HEAD_LR_JSON.with_suffix(".png"), f"ResNet18 head on {meta['dataset']}")
+    log.info("transfer head LR range test (backbone: %s): %s -> %.4g", source, record["suggestions"],
+             record["suggested_lr"])

@@ -1,0 +1,24 @@
+"""Stage report: reports/index.html, one self-contained page with every model's
+metrics (beside their values at the previous commit, through ``dvc metrics
+diff``), LR range tests, training curves and pictures, the params and the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dlpipe.config import Params
+from dlpipe.io import write_text
+from dlpipe.report import page
+
+log = logging.getLogger(__name__)
+INDEX = Path("reports/index.html")
+PARAMS_FILE = Path("params.yaml")
+
+
+def main(params: Params) -> None:
+    params_text = PARAMS_FILE.read_text() if PARAMS_FILE.is_file() else ""
+    html = page.build(params.raw, Path("."), params_text)
+    write_text(INDEX, html)
+    log.info("report: %s (%.0f KiB)", INDEX, len(html.encode()) / 1024)

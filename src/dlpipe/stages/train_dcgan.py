@@ -1,0 +1,132 @@
+"""Stage train_dcgan: the seed's DCGAN on data/prepared/gan.
+
+Both networks initialised N(0, 0.02) under ``seed``; BCE; one Adam each
+(lr 2e-4, betas (0.5, 0.999) by default); the training batches are slices of
+a seeded permutation, scaled to [-1, 1]. After every epoch the generator draws
+the same fixed noise batch into reports/dcgan/epoch_NNN.png; the last one is
+also reports/plots/dcgan/final_grid.png (a DVC plot image). Per-step losses,
+D(x) and D(G(z)) go to reports/plots/dcgan/steps.csv, a resumable checkpoint
+to checkpoints/dcgan/ every epoch, the final weights to
+models/dcgan_{generator,discriminator}.pt, and what went wrong (NaN steps, a
+discriminator that won completely) to reports/metrics/dcgan_train.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+
+import torch
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data.gan_prepared import META_JSON, PREPARED_DIR, TRAIN, load_images, load_meta, to_unit_range
+from dlpipe.data.loaders import TensorLoader
+from dlpipe.io import atomic_dir, write_json
+from dlpipe.report.sample_grid import save_grid, to_uint8
+from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID, FIXED_NOISE_OFFSET,
+                                  GENERATOR_WEIGHTS, HISTORY_CSV, SAMPLES_DIR, SAMPLES_STORE, STEPS_CSV, TRAIN_METRICS,
+                                  build_networks, generate, noise)
+from dlpipe.training import checkpoint
+from dlpipe.training.checkpoint import run_identity
+from dlpipe.training.gan import epoch_means, fit_gan
+from dlpipe.training.loop import write_history
+
+log = logging.getLogger(__name__)
+
+
+def grid_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.png"
+
+
+class EpochGrids:
+    """The fixed-noise grid after every epoch: into the checkpoint folder (which
+    survives a rerun: DVC and Snakemake delete a stage's outputs before running
+    it) and into reports/dcgan for a look while training runs."""
+
+    def __init__(self, fixed_noise: torch.Tensor):
+        self.fixed_noise = fixed_noise
+
+    def __call__(self, epoch: int, generator: torch.nn.Module) -> None:
+        images = to_uint8(generate(generator, self.fixed_noise))
+        save_grid(images, SAMPLES_STORE / grid_name(epoch))
+        save_grid(images, SAMPLES_DIR / grid_name(epoch))
+
+    @staticmethod
+    def publish(epochs: int) -> None:
+        """reports/dcgan holds exactly this run's grids, epochs 1..epochs (a resumed
+        run's earlier ones come from the store); the store drops any later ones."""
+        with atomic_dir(SAMPLES_DIR) as staging:
+            for epoch in range(1, epochs + 1):
+                source = SAMPLES_STORE / grid_name(epoch)
+                if source.is_file():
+                    shutil.copyfile(source, staging / grid_name(epoch))
+                else:
+                    log.warning("%s is missing (the checkpoint folder was edited?): epoch %d has no grid",
+                                source, epoch)
+        for stale in SAMPLES_STORE.glob("epoch_*.png"):
+            if not stale.stem[len("epoch_"):].isdigit() or int(stale.stem[len("epoch_"):]) > epochs:
+                stale.unlink()
+
+
+def per_epoch(history: list[dict], threshold: float) -> list[dict]:
+    """One row per epoch: the means of its steps, and its NaN and collapsed steps."""
+    rows = []
+    for epoch in sorted({row["epoch"] for row in history}):
+        steps = [row for row in history if row["epoch"] == epoch]
+        rows.append({"epoch": epoch, **epoch_means(steps),
+                     "nan_steps": sum(not (math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"])) for r in steps),
+                     "d_collapse_steps": sum(r["d_g_z2"] < threshold for r in steps)})
+    return rows
+
+
+def summary(history: list[dict], watch: dict, epochs: int) -> dict:
+    """Flat numbers for reports/metrics/dcgan_train.json: last epoch's means and the trouble counts."""
+    last = epoch_means([row for row in history if row["epoch"] == epochs])
+    return {
+        "epochs": epochs, "steps": len(history),
+        **{f"final_{key}": value for key, value in last.items() if math.isfinite(value)},
+        "nan_steps": watch["nan_steps"],
+        "d_collapse_steps": watch["collapse_steps"],
+        "d_collapse_longest": watch["longest"],
+        "d_collapse_alerts": watch["alerts"],
+    }
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(params.seed, params.device, params.threads)
+    cfg, arch = params.dcgan.train, params.dcgan.model
+    meta = load_meta()
+    images = load_images(TRAIN, meta, device)
+    # drop_last: every step sees a full batch (BatchNorm statistics of equal-sized batches)
+    loader = TensorLoader(images, torch.zeros(len(images), device=device), cfg.batch_size, shuffle=True,
+                          seed=params.seed, drop_last=True, transform=to_unit_range, max_batches=cfg.max_batches)
+    generator, discriminator = build_networks(params, meta["nc"], device)
+    betas = (cfg.beta1, cfg.beta2)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas)
+    noise_generator = torch.Generator(device=device).manual_seed(params.seed)
+    grids = EpochGrids(noise(cfg.grid_images, arch.nz, params.seed + FIXED_NOISE_OFFSET, device))
+
+    started = time.perf_counter()
+    result = fit_gan(
+        generator, discriminator, opt_g, opt_d, loader, noise_generator,
+        nz=arch.nz, epochs=cfg.epochs, collapse_threshold=cfg.collapse_threshold,
+        collapse_patience=cfg.collapse_patience, checkpoint_path=CHECKPOINT,
+        params_hash=run_identity(params.section_hash("device", "dcgan.image_size", "dcgan.model", "dcgan.train"),
+                                 [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
+        history_path=STEPS_CSV, on_epoch_end=grids, name="train_dcgan",
+    )
+    EpochGrids.publish(cfg.epochs)
+    write_history(HISTORY_CSV, per_epoch(result.history, cfg.collapse_threshold))
+    save_grid(to_uint8(generate(generator, grids.fixed_noise)), FINAL_GRID)
+    checkpoint.save_weights(GENERATOR_WEIGHTS, generator.state_dict())
+    checkpoint.save_weights(DISCRIMINATOR_WEIGHTS, discriminator.state_dict())
+    metrics = summary(result.history, result.watch, cfg.epochs)
+    write_json(TRAIN_METRICS, metrics)
+    log.info("dcgan on %s: %d epochs (%d run now, %.1f s), %d steps, nan_steps %d, d_collapse_steps %d "
+             "(longest %d, alerts %d)", meta["dataset"], cfg.epochs, result.epochs_run,
+             time.perf_counter() - started, metrics["steps"], metrics["nan_steps"], metrics["d_collapse_steps"],
+             metrics["d_collapse_longest"], metrics["d_collapse_alerts"])

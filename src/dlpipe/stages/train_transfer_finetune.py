@@ -1,0 +1,49 @@
+"""Stage train_transfer_finetune (stage 2 of 2): from the head stage's best
+weights, everything unfrozen, five layer groups (stem+layer1, layer2, layer3,
+layer4, fc) with LRs geometric from lr / lr_spread to lr (fastai's
+``slice(lo, hi)``), lr a tenth of stage 1's by default; one-cycle peaks at
+each group's own LR. The best weights by validation accuracy to
+models/transfer_finetune.pt."""
+
+from __future__ import annotations
+
+import logging
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data.transfer_images import load_meta
+from dlpipe.stages._transfer import (CHECKPOINTS, FINETUNE_WEIGHTS, HEAD_WEIGHTS, PLOTS, PREPARED_FILES,
+                                     finetune_groups, finetune_lr, finetune_model, train_loader, val_loader)
+from dlpipe.training import checkpoint, loop
+from dlpipe.training.checkpoint import run_identity
+from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.tasks import classification
+
+log = logging.getLogger(__name__)
+HISTORY = PLOTS / "finetune_history.csv"
+CHECKPOINT = CHECKPOINTS / "transfer_finetune" / "last.pt"
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(params.seed, params.device, params.threads)
+    cfg = params.transfer.finetune.train
+    lr = finetune_lr(params)
+    meta = load_meta()
+    train, val = train_loader(params, cfg, device), val_loader(params, device)
+    model = finetune_model(params, len(meta["class_names"]), device)
+    groups = finetune_groups(model, lr, params.transfer.finetune.lr_spread)
+    group_lrs = [group["lr"] for group in groups]  # the peaks; one-cycle changes the live values
+    optimizer = build_optimizer(groups, cfg, lr)
+    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
+    result = loop.fit(
+        model, train, val, classification(), optimizer, scheduler, per_batch,
+        epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
+        checkpoint_path=CHECKPOINT, params_hash=run_identity(
+            params.section_hash("device", "transfer.augment", "transfer.finetune"),
+            PREPARED_FILES + [HEAD_WEIGHTS], lr=lr),
+        history_path=HISTORY, name="train_transfer_finetune",
+    )
+    checkpoint.save_weights(FINETUNE_WEIGHTS, result.best_state)
+    log.info("transfer fine-tuning on %s: best val_accuracy %.4f at epoch %d of %d (group LRs %s)",
+             meta["dataset"], result.best_metric, result.best_epoch, result.epochs_run,
+             ", ".join(f"{group_lr:.3g}" for group_lr in group_lrs))

@@ -1,0 +1,45 @@
+"""Stage train_transfer_head (stage 1 of 2): the backbone from
+``transfer.model.weights`` frozen (no gradients; its BatchNorm layers stay in
+eval mode under model.train()), a new fc for the dataset's classes, the
+optimizer over the fc only, one-cycle by default; the best weights by
+validation accuracy to models/transfer_head.pt."""
+
+from __future__ import annotations
+
+import logging
+
+from dlpipe import runtime
+from dlpipe.config import Params
+from dlpipe.data.transfer_images import load_meta
+from dlpipe.stages._transfer import (CHECKPOINTS, HEAD_WEIGHTS, PLOTS, PREPARED_FILES, head_lr, head_model,
+                                     train_loader, val_loader, weights_files)
+from dlpipe.training import checkpoint, loop
+from dlpipe.training.checkpoint import run_identity
+from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.tasks import classification
+
+log = logging.getLogger(__name__)
+HISTORY = PLOTS / "head_history.csv"
+CHECKPOINT = CHECKPOINTS / "transfer_head" / "last.pt"
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(params.seed, params.device, params.threads)
+    cfg = params.transfer.head.train
+    lr = head_lr(params)
+    meta = load_meta()
+    train, val = train_loader(params, cfg, device), val_loader(params, device)
+    model, source = head_model(params, len(meta["class_names"]), device)
+    optimizer = build_optimizer(model.fc.parameters(), cfg, lr)
+    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
+    result = loop.fit(
+        model, train, val, classification(), optimizer, scheduler, per_batch,
+        epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
+        checkpoint_path=CHECKPOINT, params_hash=run_identity(
+            params.section_hash("device", "transfer.model", "transfer.augment", "transfer.head.train"),
+            PREPARED_FILES + weights_files(params), lr=lr),
+        history_path=HISTORY, name="train_transfer_head",
+    )
+    checkpoint.save_weights(HEAD_WEIGHTS, result.best_state)
+    log.info("transfer head on %s (backbone: %s): best val_accuracy %.4f at epoch %d of %d (lr %.4g)",
+             meta["dataset"], source, result.best_metric, result.best_epoch, result.epochs_run, lr)

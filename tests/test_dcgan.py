@@ -1,0 +1,240 @@
+"""DCGAN: the seed's networks and initialisation, the D and G steps (detach, one
+optimizer each), trouble reporting, and the Fréchet distance against a scipy
+reference. The data slot and the stages: tests/test_dcgan_stages.py."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dlpipe.errors import PipelineError
+from dlpipe.models.dcgan import Discriminator, Generator, build
+from dlpipe.models.lenet import LeNet
+from dlpipe.report import fid as fid_module
+from dlpipe.report.fid import LeNetFeatures, frechet_distance, frechet_distance_numpy
+from dlpipe.training.gan import Watch, discriminator_step, generator_step
+
+NZ = 16
+
+
+def params_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def test_image_size_64_is_the_seeds_network():
+    g, d = Generator(nz=100, ngf=64, nc=3, image_size=64), Discriminator(ndf=64, nc=3, image_size=64)
+    convs = [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.bias is None)
+             for m in g.main if isinstance(m, nn.ConvTranspose2d)]
+    assert convs == [(100, 512, (4, 4), (1, 1), (0, 0), True), (512, 256, (4, 4), (2, 2), (1, 1), True),
+                     (256, 128, (4, 4), (2, 2), (1, 1), True), (128, 64, (4, 4), (2, 2), (1, 1), True),
+                     (64, 3, (4, 4), (2, 2), (1, 1), True)]
+    assert [type(m).__name__ for m in g.main][-2:] == ["ConvTranspose2d", "Tanh"]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in g.main) == 4
+    assert sum(isinstance(m, nn.ReLU) for m in g.main) == 4
+    convs = [(m.in_channels, m.out_channels, m.stride) for m in d.main if isinstance(m, nn.Conv2d)]
+    assert convs == [(3, 64, (2, 2)), (64, 128, (2, 2)), (128, 256, (2, 2)), (256, 512, (2, 2)), (512, 1, (1, 1))]
+    assert isinstance(d.main[1], nn.LeakyReLU) and d.main[1].negative_slope == 0.2  # no BatchNorm on the input
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in d.main) == 3
+    assert isinstance(d.main[-1], nn.Sigmoid)
+    x = g(torch.randn(2, 100, 1, 1))
+    assert x.shape == (2, 3, 64, 64) and x.abs().max() <= 1
+    out = d(x)
+    assert out.shape == (2,) and torch.all((out > 0) & (out < 1))
+
+
+def test_image_size_32_drops_the_widest_layer():
+    g, d = build(NZ, 8, 8, 1, 32)
+    assert g(torch.randn(3, NZ, 1, 1)).shape == (3, 1, 32, 32)
+    assert d(torch.zeros(3, 1, 32, 32)).shape == (3,)
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in g.main) == 4
+    assert g.main[0].out_channels == 8 * 4 and d.main[-2].in_channels == 8 * 4
+    with pytest.raises(ValueError, match="32, 64"):
+        Generator(image_size=48)
+
+
+def test_weights_init_statistics():
+    torch.manual_seed(0)
+    g, d = build(100, 64, 64, 3, 64)
+    for net in (g, d):
+        convs = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+        assert abs(convs.mean().item()) < 1e-3
+        assert convs.std().item() == pytest.approx(0.02, rel=0.02)
+        norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        weights = torch.cat([m.weight for m in norms]).detach()
+        assert weights.mean().item() == pytest.approx(1.0, abs=0.005)
+        assert weights.std().item() == pytest.approx(0.02, rel=0.15)
+        assert all(torch.count_nonzero(m.bias) == 0 for m in norms)
+        assert all(m.bias is None for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+
+
+# --------------------------------------------------------------------------- the two steps
+
+
+@pytest.fixture
+def nets():
+    torch.manual_seed(1)
+    g, d = build(NZ, 8, 8, 1, 32)
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    real = torch.rand(8, 1, 32, 32) * 2 - 1
+    return g, d, opt_g, opt_d, real, torch.randn(8, NZ, 1, 1)
+
+
+def test_discriminator_step_leaves_the_generator_alone(nets):
+    g, d, opt_g, opt_d, real, z = nets
+    g_before, d_before = params_of(g), params_of(d)
+    out = discriminator_step(g, d, opt_d, real, z, nn.BCELoss())
+    assert same(params_of(g), g_before)
+    assert all(p.grad is None for p in g.parameters())  # detach: no gradient reached G at all
+    assert not same(params_of(d), d_before)
+    assert out["finite"] and 0 < out["d_x"] < 1 and 0 < out["d_g_z1"] < 1
+
+
+def test_generator_step_leaves_the_discriminator_alone(nets):
+    g, d, opt_g, opt_d, real, z = nets
+    fake = discriminator_step(g, d, opt_d, real, z, nn.BCELoss())["fake"]
+    g_before, d_before = params_of(g), params_of(d)
+    out = generator_step(d, opt_g, fake, nn.BCELoss())
+    assert same(params_of(d), d_before)
+    assert any(p.grad is not None for p in d.parameters())  # G's loss reached D's grads, not its weights
+    assert not same(params_of(g), g_before)
+    assert out["finite"] and 0 < out["d_g_z2"] < 1
+
+
+def test_steps_are_the_seeds_update(nets):
+    """The seed's loop body, verbatim in substance, on copies: the same weights after one step."""
+    g, d, opt_g, opt_d, real, z = nets
+    g2, d2 = copy.deepcopy(g), copy.deepcopy(d)
+    opt_g2 = torch.optim.Adam(g2.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d2 = torch.optim.Adam(d2.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    criterion = nn.BCELoss()
+    d2.zero_grad()
+    label = torch.full((real.size(0),), 1.0)
+    err_real = criterion(d2(real).view(-1), label)
+    err_real.backward()
+    fake = g2(z)
+    label.fill_(0.0)
+    err_fake = criterion(d2(fake.detach()).view(-1), label)
+    err_fake.backward()
+    opt_d2.step()
+    g2.zero_grad()
+    label.fill_(1.0)
+    err_g = criterion(d2(fake).view(-1), label)
+    err_g.backward()
+    opt_g2.step()
+
+    step_d = discriminator_step(g, d, opt_d, real, z, criterion)
+    step_g = generator_step(d, opt_g, step_d["fake"], criterion)
+    assert same(params_of(g), params_of(g2)) and same(params_of(d), params_of(d2))
+    assert step_d["loss_d"] == pytest.approx((err_real + err_fake).item())
+    assert step_g["loss_g"] == pytest.approx(err_g.item())
+
+
+def test_a_nan_loss_skips_the_update_and_is_counted(nets, caplog):
+    g, d, opt_g, opt_d, real, z = nets
+    real[0, 0, 0, 0] = float("nan")
+    d_before = params_of(d)
+    out = discriminator_step(g, d, opt_d, real, z, nn.BCELoss())
+    assert not out["finite"] and math.isnan(out["loss_d"])
+    assert same(params_of(d), d_before)
+    watch = Watch(threshold=0.01, patience=3)
+    with caplog.at_level("WARNING"):
+        watch.update({"step": 7, "epoch": 1, "loss_d": out["loss_d"], "loss_g": 1.0, "d_g_z2": 0.5})
+    assert watch.nan_steps == 1 and "step 7" in caplog.text
+
+
+def test_a_discriminator_that_wins_for_long_is_reported(caplog):
+    watch = Watch(threshold=0.01, patience=3)
+    values = [0.5, 0.005, 0.001, 0.002, 0.003, 0.4, 0.001, 0.002, 0.5]
+    with caplog.at_level("WARNING"):
+        for step, value in enumerate(values, 1):
+            watch.update({"step": step, "epoch": 1, "loss_d": 0.1, "loss_g": 5.0, "d_g_z2": value})
+    assert (watch.collapse_steps, watch.longest, watch.alerts, watch.nan_steps) == (6, 4, 1, 0)
+    assert caplog.text.count("won completely for 3 steps") == 1 and "since step 2" in caplog.text
+
+
+# --------------------------------------------------------------------------- Fréchet distance
+
+
+class Flat(nn.Module):
+    num_features = 4  # torchmetrics would otherwise probe with a 3 x 299 x 299 image
+
+    def forward(self, x):
+        return x.flatten(1).double()
+
+
+def test_frechet_distance_of_gaussians_matches_the_closed_form():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 4, 1, 1, generator=gen)
+    b = torch.randn(20000, 4, 1, 1, generator=gen) * 2 + torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1)
+    # ||mu||^2 + tr(I + 4I - 2 * 2I) = 1 + 4 * (1 + 4 - 4)
+    assert frechet_distance(Flat(), a, b) == pytest.approx(5.0, rel=0.03)
+    assert frechet_distance(Flat(), a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def random_lenet_features():
+    torch.manual_seed(3)
+    return LeNetFeatures(LeNet(10), [0.3] * 3, [0.3] * 3)
+
+
+class Projection(nn.Module):
+    """A fixed linear map of the pixels: full-rank covariances, unlike ReLU features."""
+
+    num_features = 16
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.randn(32 * 32, 16, generator=torch.Generator().manual_seed(4)) / 32
+
+    def forward(self, x):
+        return x.float().flatten(1) @ self.weight
+
+
+# A random LeNet has dead ReLU features (zero variance): scipy's sqrtm warns that the
+# covariance product is singular, and the two implementations must still agree.
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+@pytest.mark.parametrize("network", ["lenet", "projection"])
+def test_frechet_distance_agrees_with_the_scipy_reference(random_lenet_features, network):
+    gen = torch.Generator().manual_seed(1)
+    real = torch.randint(0, 256, (300, 1, 32, 32), dtype=torch.uint8, generator=gen)
+    shifted = (real.int() // 2 + 60).to(torch.uint8)
+    features = random_lenet_features if network == "lenet" else Projection()
+    assert frechet_distance(features, real, real) == pytest.approx(0.0, abs=1e-3)
+    ours = frechet_distance(features, real, shifted)
+    assert ours > 0.01
+    with torch.no_grad():
+        reference = frechet_distance_numpy(features(real).numpy(), features(shifted).numpy())
+    assert ours == pytest.approx(reference, rel=1e-4)
+    other = torch.randint(0, 256, (300, 1, 32, 32), dtype=torch.uint8, generator=gen)
+    assert 0 < frechet_distance(features, real, other) < ours  # two draws of one distribution: near, not 0
+
+
+def test_lenet_features_take_grey_and_64_px_images(random_lenet_features):
+    grey = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    assert torch.equal(random_lenet_features(grey), random_lenet_features(grey.expand(-1, 3, -1, -1)))
+    assert random_lenet_features(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 84)
+    with pytest.raises(ValueError, match="uint8"):
+        random_lenet_features(torch.zeros(2, 3, 32, 32))
+
+
+def test_inception_fid_never_downloads(monkeypatch, tmp_path):
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    monkeypatch.setattr(fid_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(PipelineError, match="torch-fidelity is not installed"):
+        fid_module.inception_distance(images, images)
+    monkeypatch.setattr(fid_module.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(PipelineError, match=r"weights-inception-2015-12-05-6726825d\.pth does not exist"):
+        fid_module.inception_distance(images, images)

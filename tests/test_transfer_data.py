@@ -1,0 +1,290 @@
+"""The transfer data slot: the LFW faces written as an ImageFolder of PNGs, the
+hymenoptera zip fetched from a local HTTP server on 127.0.0.1 serving a tiny
+zip in the real layout (built here), safe extraction, decoding into uint8
+tensors, and the seed's transforms on whole batches."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from conftest import LocalServer
+from dlpipe.config import TransferData
+from dlpipe.data import transfer_augment as ta
+from dlpipe.data.transfer_fetch import RAW_DIR, fetch
+from dlpipe.data.transfer_images import PREPARED_DIR, load_meta, load_split
+from dlpipe.errors import PipelineError
+from dlpipe.stages import fetch_transfer, prepare_transfer
+from test_classifier_data import make_params, snapshot
+
+ZIP = "hymenoptera_data.zip"
+TINY_SIZES = {"ants": [(40, 30), (26, 50), (33, 33)], "bees": [(50, 20), (30, 41), (28, 28)]}  # (w, h)
+
+
+def faces_cfg(**overrides) -> TransferData:
+    values = {"name": "faces", "faces_val_fraction": 0.25, "split_seed": 42,
+              "hymenoptera_url": "https://example.invalid/hymenoptera_data.zip", "hymenoptera_md5": ""}
+    return TransferData(**{**values, **overrides})
+
+
+def jpeg(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def build_zip(path: Path, extra: dict[str, bytes] | None = None, symlink: str | None = None, top: str = "hymenoptera_data") -> None:
+    """The real zip's layout: hymenoptera_data/{train,val}/{ants,bees}/*.jpg, here a few small JPEGs."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for split_index, split in enumerate(("train", "val")):
+            for cls, sizes in TINY_SIZES.items():
+                for i, (w, h) in enumerate(sizes):
+                    zf.writestr(f"{top}/{split}/{cls}/{cls}_{i}.jpg", jpeg(w + split_index, h, seed=i))
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(f"{top}/train/ants/link.jpg")
+            info.external_attr = (0o120777 << 16)  # a symlink, as Info-ZIP records it
+            zf.writestr(info, symlink)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def zip_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hymenoptera_site")
+    build_zip(root / ZIP)
+    build_zip(root / "slip.zip", extra={"hymenoptera_data/../../escaped.txt": b"owned"})
+    build_zip(root / "absolute.zip", extra={"/tmp/dlpipe-absolute-zip-member.txt": b"owned"})
+    build_zip(root / "link.zip", symlink="/etc/passwd")
+    with zipfile.ZipFile(root / "flat.zip", "w") as zf:
+        zf.writestr("pictures/a.jpg", jpeg(10, 10, 0))
+    data = (root / ZIP).read_bytes()
+    (root / "truncated.zip").write_bytes(data[: len(data) // 2])
+    server = LocalServer(root)
+    server.root_dir = root
+    yield server
+    server.close()
+
+
+def hym_cfg(server: LocalServer, name: str = ZIP, checksum: str | None = None) -> TransferData:
+    return faces_cfg(name="hymenoptera", hymenoptera_url=f"{server.url}/{name}",
+                     hymenoptera_md5=md5(server.root_dir / name) if checksum is None else checksum)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def previous_output(in_tmp):
+    """A finished faces fetch: a failed fetch must leave it as it was."""
+    fetch(faces_cfg(), RAW_DIR)
+    return snapshot(RAW_DIR)
+
+
+def assert_untouched(before: dict[str, bytes]) -> None:
+    assert snapshot(RAW_DIR) == before
+    leftovers = [p.name for p in RAW_DIR.parent.iterdir() if p.name != RAW_DIR.name]
+    assert leftovers == [], leftovers
+
+
+# --------------------------------------------------------------------------- faces
+
+
+def test_faces_are_an_image_folder_of_pngs_split_stratified_and_deterministic(in_tmp):
+    from skimage.data import lfw_subset
+
+    fetch(faces_cfg(), RAW_DIR)
+    first = snapshot(RAW_DIR)
+    files = {split: {cls: sorted(p.name for p in (RAW_DIR / split / cls).iterdir()) for cls in ("face", "non_face")}
+             for split in ("train", "val")}
+    assert {split: {cls: len(names) for cls, names in v.items()} for split, v in files.items()} == {
+        "train": {"face": 75, "non_face": 75}, "val": {"face": 25, "non_face": 25}}
+    # lfw_subset(): the first 100 images are faces, the other 100 are not.
+    faces = {int(name[4:7]) for split in files for name in files[split]["face"]}
+    assert faces == set(range(100))
+    lfw = lfw_subset()
+    for name in ("lfw_000.png", "lfw_150.png"):
+        path = next(RAW_DIR.rglob(name))
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (25, 25)
+            pixels = np.asarray(image)
+        assert np.array_equal(pixels, np.round(lfw[int(name[4:7])] * 255).astype(np.uint8))
+    assert json.loads((RAW_DIR / "source.json").read_text())["name"] == "faces"
+    fetch(faces_cfg(), RAW_DIR)
+    assert snapshot(RAW_DIR) == first  # same bytes again
+    fetch(faces_cfg(split_seed=7), RAW_DIR)
+    assert snapshot(RAW_DIR) != first
+
+
+def test_prepare_decodes_the_folder_into_tensors(in_tmp):
+    params = make_params(in_tmp, {})
+    fetch_transfer.main(params)
+    prepare_transfer.main(params)
+    meta = load_meta()
+    assert meta["dataset"] == "faces" and meta["class_names"] == ["face", "non_face"]
+    assert meta["sizes"] == {"train": 150, "val": 50} and meta["class_counts"]["val"] == [25, 25]
+    val = load_split("val")
+    assert val["images"].dtype == torch.uint8 and val["images"].shape == (50, 3, 25, 25)
+    assert torch.equal(val["sizes"], torch.tensor([[25, 25]] * 50))
+    # Grey PNGs become RGB as torchvision's ImageFolder loader makes them: three equal channels.
+    assert torch.equal(val["images"][:, 0], val["images"][:, 2])
+    first = meta["files"]["val"][0]
+    with Image.open(RAW_DIR / "val" / first) as image:
+        assert torch.equal(val["images"][0, 0], torch.from_numpy(np.array(image)))
+    assert val["labels"].tolist() == [0] * 25 + [1] * 25
+
+
+def test_corrupt_image_names_the_file(in_tmp):
+    params = make_params(in_tmp, {})
+    fetch_transfer.main(params)
+    victim = sorted((RAW_DIR / "train" / "non_face").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:40])  # a truncated PNG
+    with pytest.raises(PipelineError, match=rf"{victim.as_posix()}: not a readable image"):
+        prepare_transfer.main(params)
+    assert not PREPARED_DIR.exists()
+
+
+def test_prepare_without_fetch_names_the_stage(in_tmp):
+    with pytest.raises(PipelineError, match="data/raw/transfer/source.json: not found; run fetch_transfer first"):
+        prepare_transfer.main(make_params(in_tmp, {}))
+
+
+# --------------------------------------------------------------------------- hymenoptera
+
+
+def test_hymenoptera_fetch_and_prepare_from_the_local_server(zip_server, in_tmp):
+    params = make_params(in_tmp, {"data.transfer.name": "hymenoptera",
+                                  "data.transfer.hymenoptera_url": f"{zip_server.url}/{ZIP}",
+                                  "data.transfer.hymenoptera_md5": md5(zip_server.root_dir / ZIP),
+                                  "prepare.transfer.max_side": 45})
+    seen = len(zip_server.requests)
+    fetch_transfer.main(params)
+    assert zip_server.requests[seen:] == [f"/{ZIP}"]
+    assert sorted(p.relative_to(RAW_DIR).as_posix() for p in RAW_DIR.rglob("*.jpg"))[:2] == [
+        "train/ants/ants_0.jpg", "train/ants/ants_1.jpg"]
+    source = json.loads((RAW_DIR / "source.json").read_text())
+    assert source == {"name": "hymenoptera", "url": f"{zip_server.url}/{ZIP}", "md5": md5(zip_server.root_dir / ZIP)}
+
+    prepare_transfer.main(params)
+    meta = load_meta()
+    assert meta["dataset"] == "hymenoptera" and meta["class_names"] == ["ants", "bees"]
+    train = load_split("train")
+    # Each image keeps its own size (the 50-wide one shrunk to max_side 45), top-left on the canvas.
+    expected = [(30, 40), (50, 26), (33, 33), (20, 50), (41, 30), (28, 28)]
+    shrunk = [(round(h * 45 / max(h, w)), round(w * 45 / max(h, w))) if max(h, w) > 45 else (h, w) for h, w in expected]
+    assert train["sizes"].tolist() == [list(s) for s in shrunk]
+    assert train["images"].shape == (6, 3, max(h for h, _ in shrunk), max(w for _, w in shrunk))
+    h, w = shrunk[0]
+    assert train["images"][0, :, h:].sum() == 0 and train["images"][0, :, :, w:].sum() == 0
+    assert train["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_wrong_md5_is_refused_and_the_previous_output_kept(zip_server, previous_output):
+    with pytest.raises(PipelineError, match=r"md5 is [0-9a-f]{32}, expected f{32} \(params 'data.transfer.hymenoptera_md5'\)"):
+        fetch(hym_cfg(zip_server, checksum="f" * 32), RAW_DIR)
+    assert_untouched(previous_output)
+
+
+def test_empty_md5_fetches_and_logs_the_md5_to_pin(zip_server, in_tmp, caplog):
+    with caplog.at_level(logging.WARNING):
+        fetch(hym_cfg(zip_server, checksum=""), RAW_DIR)
+    actual = md5(zip_server.root_dir / ZIP)
+    assert f"its md5 is {actual}" in caplog.text
+    assert json.loads((RAW_DIR / "source.json").read_text())["md5"] == actual
+
+
+@pytest.mark.parametrize(("archive", "message"), [
+    ("slip.zip", r"member 'hymenoptera_data/\.\./\.\./escaped\.txt' has a '\.\.' component"),
+    ("absolute.zip", r"member '/tmp/dlpipe-absolute-zip-member\.txt' has an absolute path"),
+    ("link.zip", r"member 'hymenoptera_data/train/ants/link\.jpg' has a link"),
+    ("flat.zip", r"not an ImageFolder archive: no train/ and val/ folders"),
+    ("truncated.zip", r"not a complete zip archive"),
+])
+def test_unsafe_or_foreign_archive_is_refused(zip_server, previous_output, archive, message):
+    with pytest.raises(PipelineError, match=message):
+        fetch(hym_cfg(zip_server, archive), RAW_DIR)
+    assert_untouched(previous_output)  # also: nothing landed beside data/raw/transfer
+    assert not Path("/tmp/dlpipe-absolute-zip-member.txt").exists()
+    assert not (RAW_DIR.parent.parent / "escaped.txt").exists()
+
+
+# --------------------------------------------------------------------------- batched transforms
+
+
+def test_random_resized_boxes_follow_torchvisions_rules():
+    sizes = torch.tensor([[20, 30]] * 500 + [[15, 22]] * 500 + [[200, 8]] * 10)
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    boxes = ta.random_resized_boxes(sizes, torch.Generator().manual_seed(0), scale, ratio)
+    again = ta.random_resized_boxes(sizes, torch.Generator().manual_seed(0), scale, ratio)
+    assert torch.equal(boxes, again)
+    top, left, h, w = boxes.unbind(1)
+    assert torch.all(boxes == boxes.round()) and torch.all(top >= 0) and torch.all(left >= 0)
+    assert torch.all(top + h <= sizes[:, 0]) and torch.all(left + w <= sizes[:, 1])
+    drawn = slice(0, 1000)
+    share = (h * w / (sizes[:, 0] * sizes[:, 1]))[drawn]
+    assert share.min() >= 0.05 and share.max() <= 1.0 and share.std() > 0.2  # rounding widens 0.08 a bit
+    aspect = (w / h)[drawn]
+    assert aspect.min() > 0.5 and aspect.max() < 2.0
+    # A 200 x 8 strip fits no box of ratio 3/4..4/3 and 8% of its area: the centred fallback,
+    # full width, height 8 / (3/4) rounded.
+    assert torch.equal(boxes[-1], torch.tensor([94.0, 0.0, 11.0, 8.0], dtype=torch.float64))
+
+
+def test_crop_resize_matches_torchvision_resized_crop():
+    images = torch.randint(0, 256, (2, 3, 20, 30), dtype=torch.uint8)
+    sizes = torch.tensor([[20, 30], [15, 22]])
+    images[1, :, 15:], images[1, :, :, 22:] = 0, 0  # the canvas around the smaller image
+    boxes = torch.tensor([[2.0, 3.0, 10.0, 12.0], [5.0, 10.0, 10.0, 12.0]])
+    out = ta.crop_resize(images, sizes, boxes, 32)
+    for i, (top, left, h, w) in enumerate(boxes.int().tolist()):
+        expected = TF.resized_crop(images[i].float(), top, left, h, w, [32, 32], antialias=False)
+        # Equal inside; at the box's edges bilinear weights may reach the pixel just outside it.
+        assert torch.allclose(out[i][:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-3)
+    # A whole image: exactly torchvision's resize, the canvas padding never bleeds in.
+    whole = ta.crop_resize(images, sizes, torch.tensor([[0.0, 0.0, 20.0, 30.0], [0.0, 0.0, 15.0, 22.0]]), 24)
+    assert torch.allclose(whole[1], TF.resize(images[1, :, :15, :22].float(), [24, 24], antialias=False), atol=1e-3)
+    # Same size box: the pixels themselves, mirrored where asked.
+    same = ta.crop_resize(images, sizes, torch.tensor([[2.0, 3.0, 10.0, 10.0]] * 2), 10,
+                          mirror=torch.tensor([False, True]))
+    assert torch.allclose(same[0], images[0, :, 2:12, 3:13].float(), atol=1e-3)
+    assert torch.allclose(same[1], images[1, :, 2:12, 3:13].flip(-1).float(), atol=1e-3)
+
+
+def test_eval_crops_are_resize_then_center_crop():
+    # A linear ramp: bilinear resampling reproduces it exactly, so one resample
+    # of the centre box equals torchvision's Resize(32) + CenterCrop(16).
+    ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(60.0), indexing="ij")
+    image = (2 * xs + ys).clamp(0, 255).to(torch.uint8).expand(3, -1, -1)[None]
+    out = ta.eval_crops(image, torch.tensor([[40, 60]]), 16, crop_fraction=0.5)
+    expected = TF.center_crop(TF.resize(image[0].float(), [32], antialias=False), [16, 16])
+    assert out.dtype == torch.uint8 and out.shape == (1, 3, 16, 16)
+    assert (out[0].float() - expected).abs().max() <= 1.0
+
+
+def test_training_transform_is_normalised_and_deterministic():
+    images = torch.randint(0, 256, (6, 3, 25, 25), dtype=torch.uint8)
+    sizes = torch.tensor([[25, 25]] * 6)
+    hook = ta.RandomResizedCropFlip(images, sizes, 16, (0.25, 1.0), (0.75, 4 / 3), True, ta.imagenet_normalize())
+    index = torch.tensor([0, 3, 5])
+    a, b = hook(index, torch.Generator().manual_seed(1)), hook(index, torch.Generator().manual_seed(1))
+    assert a.shape == (3, 3, 16, 16) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert not torch.equal(a, hook(index, torch.Generator().manual_seed(2)))
+    raw = a * torch.tensor(ta.IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(ta.IMAGENET_MEAN).view(1, 3, 1, 1)
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # (x / 255 - mean) / std, undone
