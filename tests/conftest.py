@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,3 +241,15 @@ def clone_run(run_: TinyRun, dest: Path) -> tuple[Path, dict]:
     """An independent copy of a run: git history, DVC cache and outputs (not DVC's tmp state)."""
     shutil.copytree(run_.repo, dest, symlinks=True, ignore=lambda d, names: ["tmp"] if Path(d).name == ".dvc" else [])
     return dest, dict(run_.env, PYTHONPATH=str(dest / "src"))
+
+
+def same_tree(a, b) -> bool:
+    """Equal nested containers, tensors compared exactly (dtype, shape and every bit)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b))
+    return a == b

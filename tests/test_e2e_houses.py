@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from conftest import same_tree  # noqa: E402
 import torch
 import yaml
 
@@ -107,17 +109,6 @@ def get_param(repo: Path, dotted: str):
         node = node[part]
     return node
 
-
-def same_tree(a, b) -> bool:
-    """Equal nested containers, tensors compared exactly (dtype, shape and every bit)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def load_pt(path: Path):

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import same_tree  # noqa: E402
 import torch
 import yaml
 
@@ -73,16 +75,6 @@ def output_files(repo: Path) -> list[str]:
     return sorted(path.relative_to(repo).as_posix() for root in OUTPUT_ROOTS for path in (repo / root).rglob("*")
                   if path.is_file() and path.name not in ENGINE_MARKERS)
 
-
-def same_tree(a, b) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def target_stages(repo: Path) -> list[str]:

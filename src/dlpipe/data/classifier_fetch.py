@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dlpipe.config import ClassifierData
 from dlpipe.errors import PipelineError
-from dlpipe.io import atomic_dir, atomic_path, write_json
+from dlpipe.io import atomic_dir, atomic_path, unsafe_member_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,8 @@ def download(url: str, dest: Path, expected_md5: str, url_key: str = "data.class
 
 def unsafe_reason(member: tarfile.TarInfo) -> str | None:
     """Why extracting ``member`` could write outside the target folder, or None."""
-    name = member.name.replace("\\", "/")
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or (parts and len(parts[0]) == 2 and parts[0][1] == ":"):  # /x, C:
-        return "an absolute path"
-    if ".." in parts:
-        return "a '..' component"
+    if reason := unsafe_member_path(member.name):
+        return reason
     if member.issym() or member.islnk():
         return "a link"
     if not (member.isfile() or member.isdir()):

@@ -31,7 +31,7 @@ from dlpipe.config import TransferData
 from dlpipe.data.classifier_convert import stratified_split
 from dlpipe.data.classifier_fetch import download
 from dlpipe.errors import PipelineError
-from dlpipe.io import atomic_dir, write_json
+from dlpipe.io import atomic_dir, unsafe_member_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,8 @@ def fetch_faces(cfg: TransferData, dest: Path) -> None:
 
 def unsafe_zip_reason(info: zipfile.ZipInfo) -> str | None:
     """Why extracting ``info`` could write outside the target folder, or None."""
-    name = info.filename.replace("\\", "/")
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or (parts and len(parts[0]) == 2 and parts[0][1] == ":"):  # /x, C:
-        return "an absolute path"
-    if ".." in parts:
-        return "a '..' component"
+    if reason := unsafe_member_path(info.filename):
+        return reason
     # Unix file type bits, where the archiver recorded them (0: none recorded, a plain file).
     file_type = stat.S_IFMT(info.external_attr >> 16)
     if file_type == stat.S_IFLNK:
