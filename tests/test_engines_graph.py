@@ -5,6 +5,7 @@ Nothing here runs a stage: both engines only plan, so no outputs are needed.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -217,3 +218,41 @@ def test_source_files_lists_code_not_caches(tmp_path):
         (pkg / name).write_text("")
     assert source_files("src/pkg", root=tmp_path) == ["src/pkg/a.py", "src/pkg/b.py", "src/pkg/sub/c.py"]
     assert source_files("src/missing", root=tmp_path) == ["src/missing"]
+
+
+def dlpipe_imports(module_file: Path) -> set[str]:
+    """The dlpipe modules a source file imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(module_file.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dlpipe"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("dlpipe"))
+    return found
+
+
+def module_file(name: str) -> Path | None:
+    base = REPO / "src" / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None  # a name imported from a module, not a module
+
+
+def test_every_stage_lists_the_code_it_imports_as_deps():
+    """A code change must rerun every stage that runs that code: each stage's deps
+    cover the transitive closure of the dlpipe modules its stage module imports."""
+    for stage in load_stages(REPO / "dvc.yaml"):
+        todo, seen = [f"dlpipe.stages.{stage.name}"], set()
+        while todo:
+            path = module_file(todo.pop())
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            todo.extend(dlpipe_imports(path))
+        # errors.py holds only the exception class, whose text cannot change an output.
+        code = {p.relative_to(REPO).as_posix() for p in seen if p.name not in ("__init__.py", "errors.py")}
+        missing = {f for f in code
+                   if not any(f == dep or f.startswith(dep.rstrip("/") + "/") for dep in stage.deps)}
+        assert not missing, f"{stage.name}: imports code not in its deps: {sorted(missing)}"

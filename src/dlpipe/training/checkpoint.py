@@ -9,14 +9,19 @@ Everything in it is tensors and plain Python values, so it loads with
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dlpipe.errors import PipelineError
 from dlpipe.io import atomic_path, sha256_file
+from dlpipe.training import faults
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,36 @@ def save(path: str | Path, obj: dict) -> None:
     # *path* (here a random temp name), which would make equal tensors give
     # different bytes and different DVC hashes.
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        if "epoch" in obj and faults.armed("checkpoint", obj["epoch"]):
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            fh.write(buffer.getvalue()[: buffer.tell() // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+            faults.kill_now()
         torch.save(obj, fh)
+
+
+def rng_states() -> dict:
+    """Every RNG a training step may draw from: torch's CPU and CUDA generators,
+    Python's and NumPy's (as tensors and plain values, so ``weights_only`` loads them)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    saved = states["numpy"]
+    np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"],
+                         saved["has_gauss"], saved["cached_gaussian"]))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
@@ -92,6 +126,11 @@ def load_into(model: torch.nn.Module, path: str | Path) -> None:
 def load_resumable(path: str | Path, params_hash: str) -> dict | None:
     """The checkpoint at ``path`` if it was made with the same params, else None."""
     path = Path(path)
+    # A kill while writing leaves its temporary file behind (the rename never
+    # happened); the checkpoint itself is the previous epoch's, whole.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        log.info("removing %s, left by a run killed while writing a checkpoint", stale)
+        stale.unlink(missing_ok=True)
     if not path.is_file():
         return None
     try:

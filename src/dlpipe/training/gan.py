@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dlpipe.errors import PipelineError
-from dlpipe.training import checkpoint
+from dlpipe.training import checkpoint, faults
 from dlpipe.training.loop import write_history
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def fit_gan(
         discriminator.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["rng"])
+        checkpoint.restore_rng_states(state["rng"])
         noise_generator.set_state(state["noise_rng"])
         start, history = state["epoch"], state["history"]
         watch.load(state["watch"])
@@ -190,6 +190,7 @@ def fit_gan(
                       "loss_g": g["loss_g"], "d_x": d["d_x"], "d_g_z1": d["d_g_z1"], "d_g_z2": g["d_g_z2"]}
             watch.update(record)
             rows.append(record)
+            faults.kill_if_armed("step", epoch + 1, len(rows))
         if rows and not any(math.isfinite(r["loss_d"]) or math.isfinite(r["loss_g"]) for r in rows):
             raise PipelineError(f"{name}: every loss of epoch {epoch + 1} was NaN or infinite; the last good "
                                 f"checkpoint ({checkpoint_path}) is kept")
@@ -208,9 +209,10 @@ def fit_gan(
                 "params_hash": params_hash, "epoch": epoch + 1,
                 "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "rng": torch.get_rng_state(), "noise_rng": noise_generator.get_state(),
+                "rng": checkpoint.rng_states(), "noise_rng": noise_generator.get_state(),
                 "history": history, "watch": watch.state(),
             })
+            faults.kill_if_armed("epoch_end", epoch + 1)
     if history_path and history:
         write_history(history_path, history)
     return GanResult(max(epochs - start, 0), history, watch.state())

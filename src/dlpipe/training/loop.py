@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dlpipe.errors import PipelineError
 from dlpipe.io import write_text
-from dlpipe.training import checkpoint
+from dlpipe.training import checkpoint, faults
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +60,36 @@ class FitResult:
 
 def train_one_epoch(model, loader, loss_fn: LossFn, optimizer, scheduler=None, epoch: int = 0) -> float:
     """One pass over ``loader``; returns the mean training loss. Steps ``scheduler``
-    every batch when given (one-cycle, cyclic)."""
+    every batch when given (one-cycle, cyclic).
+
+    Losses stay on the device until the epoch ends: reading each one (``.item()``,
+    or an ``if`` on a tensor) would make the CPU wait for the GPU every step. A
+    non-finite loss is therefore found at the end of the epoch; it stops the
+    stage naming the first bad step, before this epoch's checkpoint or weights
+    are written, so the last good ones are kept.
+    """
     model.train()
-    total, count = 0.0, 0
+    weighted, count = [], 0
     for step, (inputs, targets) in enumerate(loader):
         outputs = model(inputs)
         loss = loss_fn(outputs, targets)
-        if not torch.isfinite(loss):
-            raise PipelineError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                "the last good checkpoint and best weights are kept")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total += loss.item() * len(targets)
+        faults.kill_if_armed("step", epoch + 1, step + 1)
+        weighted.append(loss.detach() * len(targets))
         count += len(targets)
-    return total / max(count, 1)
+    if not weighted:
+        return 0.0
+    losses = torch.stack(weighted)
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0])
+        raise PipelineError(f"training loss became {losses[first].item()} at epoch {epoch + 1}, step {first + 1}; "
+                            "stopped: the last good checkpoint and best weights are kept")
+    return losses.sum().item() / count
 
 
 @torch.inference_mode()
@@ -123,7 +136,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        checkpoint.restore_rng_states(state["rng"])
         start, best_metric, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
         best_state, bad_epochs, history = state["best_state"], state["bad_epochs"], state["history"]
         stopped = state["stopped"]
@@ -161,9 +174,10 @@ def fit(
                 "params_hash": params_hash, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "rng": torch.get_rng_state(), "best_metric": best_metric, "best_epoch": best_epoch,
+                "rng": checkpoint.rng_states(), "best_metric": best_metric, "best_epoch": best_epoch,
                 "best_state": best_state, "bad_epochs": bad_epochs, "history": history, "stopped": stopped,
             })
+            faults.kill_if_armed("epoch_end", epoch + 1)
         if stopped:
             log.info("%s: early stop after epoch %d (best %s %.5f at epoch %d)", name, epoch + 1,
                      task.monitor, best_metric, best_epoch)

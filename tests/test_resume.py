@@ -1,0 +1,172 @@
+"""Every training stage survives SIGKILL and is deterministic on the CPU.
+
+Each stage runs as ``python -m dlpipe <stage>`` (the command both engines run)
+in copies of a finished tiny pipeline run, with three epochs of a few batches:
+
+* twice from scratch: the weights and every other output are the same bytes
+  (determinism), and so are the metrics of the stage that evaluates them;
+* killed with SIGKILL (``DLPIPE_FAULT``, see dlpipe.training.faults) in the
+  middle of epoch 2, then halfway through writing epoch 2's checkpoint, then
+  right after it, and rerun each time: the last rerun finishes with the same
+  bytes as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import engine_env, same_tree, write_params
+from dlpipe.workflow_graph import load_stages
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 3
+# Per training stage: params that give it EPOCHS epochs of a few batches, its
+# checkpoint, and the stage that turns its weights into metrics.
+STAGES = {
+    "train_houses": ({"houses.train.epochs": EPOCHS}, "checkpoints/houses", "submission_houses"),
+    "train_lenet": ({"lenet.train.epochs": EPOCHS, "lenet.train.max_batches": 4}, "checkpoints/lenet",
+                    "evaluate_lenet"),
+    "pretrain_transfer_backbone": ({"transfer.pretrain.train.epochs": EPOCHS,
+                                    "transfer.pretrain.train.max_batches": 3},
+                                   "checkpoints/transfer_backbone", None),
+    "train_transfer_head": ({"transfer.head.train.epochs": EPOCHS, "transfer.head.train.max_batches": 3},
+                            "checkpoints/transfer_head", None),
+    "train_transfer_finetune": ({"transfer.finetune.train.epochs": EPOCHS,
+                                 "transfer.finetune.train.max_batches": 3},
+                                "checkpoints/transfer_finetune", "evaluate_transfer"),
+    "train_dcgan": ({"dcgan.train.epochs": EPOCHS, "dcgan.train.max_batches": 3}, "checkpoints/dcgan",
+                    "evaluate_dcgan"),
+}
+COPIED = ("src", "workflow", "data", "models", "reports", "checkpoints", "params.yaml")
+
+
+def stage_outputs(name: str) -> list[str]:
+    return list(next(stage.outs for stage in load_stages(REPO / "dvc.yaml") if stage.name == name))
+
+
+def files_under(root: Path, rels) -> dict[str, bytes]:
+    found = {}
+    for rel in rels:
+        path = root / rel
+        for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+            found[file.relative_to(root).as_posix()] = file.read_bytes()
+    return found
+
+
+def dlpipe(stage: str, root: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = engine_env(PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1")
+    env.pop("DLPIPE_FAULT", None)
+    if fault:
+        env["DLPIPE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "dlpipe", stage], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def killed(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == -signal.SIGKILL, f"expected a SIGKILL, got {proc.returncode}:\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def base(tiny_dvc_run, tmp_path_factory) -> Path:
+    """The tiny run's inputs and outputs with three-epoch training params."""
+    root = tmp_path_factory.mktemp("resume_base")
+    for rel in COPIED:
+        src = tiny_dvc_run.repo / rel
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / rel)
+    overrides = {key: value for stage_overrides, _, _ in STAGES.values() for key, value in stage_overrides.items()}
+    write_params(root / "params.yaml", overrides)
+    return root
+
+
+def fresh_workspace(base: Path, dest: Path, stage: str) -> Path:
+    """A copy of ``base`` with the stage's outputs and checkpoint removed, as DVC
+    and Snakemake leave them before running the stage (the checkpoint is
+    persistent; it is removed here so that the run starts from scratch)."""
+    shutil.copytree(base, dest)
+    for rel in stage_outputs(stage) + [STAGES[stage][1]]:
+        path = dest / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return dest
+
+
+def clear_outputs(root: Path, stage: str) -> None:
+    """What an engine does before rerunning a stage: remove its (non-persistent) outputs."""
+    for rel in stage_outputs(stage):
+        path = root / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def load_checkpoint(root: Path, stage: str) -> dict:
+    return torch.load(root / STAGES[stage][1] / "last.pt", map_location="cpu", weights_only=True)
+
+
+def checkpoint_epoch(root: Path, stage: str) -> int:
+    return load_checkpoint(root, stage)["epoch"]
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_same_params_give_the_same_bytes_and_a_killed_run_resumes_to_them(stage, base, tmp_path):
+    checkpoint_dir, evaluator = STAGES[stage][1], STAGES[stage][2]
+    # The checkpoint is compared by content: pickle shares equal strings by
+    # identity, so a checkpoint whose history was loaded and extended is
+    # pickled to other bytes; it is not a cached output, the weights are.
+    outputs = stage_outputs(stage)
+
+    whole = fresh_workspace(base, tmp_path / "whole", stage)
+    again = fresh_workspace(base, tmp_path / "again", stage)
+    for root in (whole, again):
+        ok(dlpipe(stage, root))
+        if evaluator:
+            ok(dlpipe(evaluator, root))
+    reference = files_under(whole, outputs)
+    assert any(rel.startswith("models/") and rel.endswith(".pt") for rel in reference)
+    assert files_under(again, outputs) == reference, f"{stage}: two runs from scratch differ"
+    assert same_tree(load_checkpoint(again, stage), load_checkpoint(whole, stage))
+    if evaluator:
+        metrics = stage_outputs(evaluator)
+        assert files_under(again, metrics) == files_under(whole, metrics), f"{evaluator}: metrics differ"
+
+    root = fresh_workspace(base, tmp_path / "killed", stage)
+    killed(dlpipe(stage, root, fault="step:2:2"))  # mid-epoch 2: epoch 1's checkpoint is the last
+    assert checkpoint_epoch(root, stage) == 1
+    assert not any((root / rel).exists() for rel in stage_outputs(stage) if rel.startswith("models/"))
+
+    clear_outputs(root, stage)
+    killed(dlpipe(stage, root, fault="checkpoint:2"))  # while writing epoch 2's checkpoint
+    assert checkpoint_epoch(root, stage) == 1, "a half-written checkpoint replaced the good one"
+    leftovers = list((root / checkpoint_dir).glob(".last.pt.*.tmp"))
+    assert len(leftovers) == 1 and 0 < leftovers[0].stat().st_size < (root / checkpoint_dir / "last.pt").stat().st_size
+
+    clear_outputs(root, stage)
+    killed(dlpipe(stage, root, fault="epoch_end:2"))  # right after epoch 2's checkpoint is on disk
+    assert checkpoint_epoch(root, stage) == 2
+    assert not list((root / checkpoint_dir).glob(".last.pt.*.tmp")), "the killed write's temporary file was kept"
+
+    clear_outputs(root, stage)
+    log = ok(dlpipe(stage, root))
+    assert f"resuming from {checkpoint_dir}/last.pt (epoch 2 done)" in log
+    assert files_under(root, outputs) == reference, f"{stage}: the resumed run differs from the uninterrupted one"
+    assert same_tree(load_checkpoint(root, stage), load_checkpoint(whole, stage))
+
+
+def test_other_params_start_afresh_and_say_so(base, tmp_path):
+    root = fresh_workspace(base, tmp_path / "w", "train_houses")
+    killed(dlpipe("train_houses", root, fault="epoch_end:1"))
+    write_params(root / "params.yaml", {"houses.train.weight_decay": 0.05})
+    clear_outputs(root, "train_houses")
+    log = ok(dlpipe("train_houses", root))
+    assert "checkpoints/houses/last.pt was made with other params; starting afresh" in log
+    assert "resuming" not in log
+    assert checkpoint_epoch(root, "train_houses") == EPOCHS
