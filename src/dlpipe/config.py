@@ -234,10 +234,18 @@ class LRFindSection:
 
 
 @dataclass(frozen=True)
+class Accel:
+    amp: bool
+    channels_last: bool
+    compile: bool
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     device: str
     threads: int
+    accel: Accel
     data: Data
     prepare: Prepare
     lr_find: LRFindSection
@@ -269,6 +277,8 @@ def _error_message(source: str, error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return f"{source}: {error.message} in '{path or '<top level>'}'"
     expected = error.schema.get("description")
+    if not expected and error.parent is not None and isinstance(error.parent.schema, dict):
+        expected = error.parent.schema.get("description")  # one branch of a oneOf: what the key takes
     message = f"{source}: '{path}': {error.message}"
     if expected:
         message += f"; expected {expected}"

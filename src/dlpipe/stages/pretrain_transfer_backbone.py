@@ -19,6 +19,7 @@ from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta, load_split
 from dlpipe.stages._transfer import BACKBONE, CHECKPOINTS, PLOTS, augmenting_loader, build_model, eval_loader
 from dlpipe.training import checkpoint, loop
+from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.training.tasks import classification
@@ -39,15 +40,17 @@ def main(params: Params) -> None:
     # Validation sees each whole image resized (crop fraction 1): a centre crop could cut strokes off.
     val_batches = eval_loader(val["images"], _sizes(val), val["labels"], size, 1.0)
     model = build_model(params, len(meta["class_names"]), device)
+    accel = Accel.from_params(params.accel, device)
+    accel.prepare(model)
     optimizer = build_optimizer(model.parameters(), cfg.train, cfg.train.lr)
     scheduler, per_batch = build_scheduler(optimizer, cfg.train, len(train_batches))
     result = loop.fit(
         model, train_batches, val_batches, classification(), optimizer, scheduler, per_batch,
         epochs=cfg.train.epochs, patience=cfg.train.patience, min_delta=cfg.train.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "transfer.pretrain", "transfer.augment.crop_ratio"),
+            params.section_hash("device", "accel", "transfer.pretrain", "transfer.augment.crop_ratio"),
             [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]),
-        history_path=HISTORY, name="pretrain_transfer_backbone",
+        history_path=HISTORY, name="pretrain_transfer_backbone", accel=accel,
     )
     checkpoint.save_weights(BACKBONE, result.best_state)
     log.info("transfer backbone on %s: best val_accuracy %.4f at epoch %d of %d", meta["dataset"],

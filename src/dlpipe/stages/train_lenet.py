@@ -17,6 +17,7 @@ from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta
 from dlpipe.stages._lenet import CHECKPOINT, LR_FIND_JSON, WEIGHTS, build_model, eval_loader, train_loader
 from dlpipe.training import checkpoint, loop, lr_finder
+from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.training.tasks import classification
@@ -32,15 +33,17 @@ def main(params: Params) -> None:
     meta = load_meta()
     train, val = train_loader(params, meta, device), eval_loader("val", meta, device)
     model = build_model(params, len(meta["class_names"]), device)
+    accel = Accel.from_params(params.accel, device)
+    accel.prepare(model)
     optimizer = build_optimizer(model.parameters(), cfg, lr)
     scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
     result = loop.fit(
         model, train, val, classification(), optimizer, scheduler, per_batch,
         epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "lenet.model", "lenet.augment", "lenet.train"),
+            params.section_hash("device", "accel", "lenet.model", "lenet.augment", "lenet.train"),
             [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON], lr=lr),
-        history_path=HISTORY, name="train_lenet",
+        history_path=HISTORY, name="train_lenet", accel=accel,
     )
     checkpoint.save_weights(WEIGHTS, result.best_state)
     log.info("lenet on %s: best val_accuracy %.4f at epoch %d of %d (lr %.4g)", meta["dataset"],

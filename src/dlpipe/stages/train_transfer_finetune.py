@@ -15,6 +15,7 @@ from dlpipe.data.transfer_images import load_meta
 from dlpipe.stages._transfer import (CHECKPOINTS, FINETUNE_WEIGHTS, HEAD_WEIGHTS, PLOTS, PREPARED_FILES,
                                      finetune_groups, finetune_lr, finetune_model, train_loader, val_loader)
 from dlpipe.training import checkpoint, loop
+from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.training.tasks import classification
@@ -31,6 +32,8 @@ def main(params: Params) -> None:
     meta = load_meta()
     train, val = train_loader(params, cfg, device), val_loader(params, device)
     model = finetune_model(params, len(meta["class_names"]), device)
+    accel = Accel.from_params(params.accel, device)
+    accel.prepare(model)
     groups = finetune_groups(model, lr, params.transfer.finetune.lr_spread)
     group_lrs = [group["lr"] for group in groups]  # the peaks; one-cycle changes the live values
     optimizer = build_optimizer(groups, cfg, lr)
@@ -39,9 +42,9 @@ def main(params: Params) -> None:
         model, train, val, classification(), optimizer, scheduler, per_batch,
         epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "transfer.augment", "transfer.finetune"),
+            params.section_hash("device", "accel", "transfer.augment", "transfer.finetune"),
             PREPARED_FILES + [HEAD_WEIGHTS], lr=lr),
-        history_path=HISTORY, name="train_transfer_finetune",
+        history_path=HISTORY, name="train_transfer_finetune", accel=accel,
     )
     checkpoint.save_weights(FINETUNE_WEIGHTS, result.best_state)
     log.info("transfer fine-tuning on %s: best val_accuracy %.4f at epoch %d of %d (group LRs %s)",

@@ -14,6 +14,7 @@ from dlpipe.data.transfer_images import load_meta
 from dlpipe.stages._transfer import (CHECKPOINTS, HEAD_WEIGHTS, PLOTS, PREPARED_FILES, head_lr, head_model,
                                      train_loader, val_loader, weights_files)
 from dlpipe.training import checkpoint, loop
+from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.training.tasks import classification
@@ -30,15 +31,17 @@ def main(params: Params) -> None:
     meta = load_meta()
     train, val = train_loader(params, cfg, device), val_loader(params, device)
     model, source = head_model(params, len(meta["class_names"]), device)
+    accel = Accel.from_params(params.accel, device)
+    accel.prepare(model)
     optimizer = build_optimizer(model.fc.parameters(), cfg, lr)
     scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
     result = loop.fit(
         model, train, val, classification(), optimizer, scheduler, per_batch,
         epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "transfer.model", "transfer.augment", "transfer.head.train"),
+            params.section_hash("device", "accel", "transfer.model", "transfer.augment", "transfer.head.train"),
             PREPARED_FILES + weights_files(params), lr=lr),
-        history_path=HISTORY, name="train_transfer_head",
+        history_path=HISTORY, name="train_transfer_head", accel=accel,
     )
     checkpoint.save_weights(HEAD_WEIGHTS, result.best_state)
     log.info("transfer head on %s (backbone: %s): best val_accuracy %.4f at epoch %d of %d (lr %.4g)",

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dlpipe.errors import PipelineError
 from dlpipe.io import write_text
 from dlpipe.training import checkpoint, faults
+from dlpipe.training.accel import OFF, Accel
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,11 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-def train_one_epoch(model, loader, loss_fn: LossFn, optimizer, scheduler=None, epoch: int = 0) -> float:
+def train_one_epoch(model, loader, loss_fn: LossFn, optimizer, scheduler=None, epoch: int = 0,
+                    accel: Accel = OFF, scaler: torch.amp.GradScaler | None = None) -> float:
     """One pass over ``loader``; returns the mean training loss. Steps ``scheduler``
-    every batch when given (one-cycle, cyclic).
+    every batch when given (one-cycle, cyclic). ``accel``: autocast and memory
+    format; ``scaler``: float16 loss scaling (its state is the caller's to keep).
 
     Losses stay on the device until the epoch ends: reading each one (``.item()``,
     or an ``if`` on a tensor) would make the CPU wait for the GPU every step. A
@@ -69,17 +72,19 @@ def train_one_epoch(model, loader, loss_fn: LossFn, optimizer, scheduler=None, e
     are written, so the last good ones are kept.
     """
     model.train()
+    scaler = scaler or accel.grad_scaler()
     weighted, count = [], 0
     for step, (inputs, targets) in enumerate(loader):
-        outputs = model(inputs)
-        loss = loss_fn(outputs, targets)
+        with accel.autocast():
+            loss = loss_fn(model(accel.batch(inputs)), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if scheduler is not None:
             scheduler.step()
         faults.kill_if_armed("step", epoch + 1, step + 1)
-        weighted.append(loss.detach() * len(targets))
+        weighted.append(loss.detach().float() * len(targets))
         count += len(targets)
     if not weighted:
         return 0.0
@@ -93,15 +98,19 @@ def train_one_epoch(model, loader, loss_fn: LossFn, optimizer, scheduler=None, e
 
 
 @torch.inference_mode()
-def predict(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """All outputs and targets of ``loader`` in eval mode (BatchNorm/Dropout frozen)."""
+def predict(model, loader, accel: Accel = OFF) -> tuple[torch.Tensor, torch.Tensor]:
+    """All outputs (float32) and targets of ``loader`` in eval mode (BatchNorm/Dropout frozen)."""
     model.eval()
-    outputs, targets = zip(*((model(x), y) for x, y in loader))
+    outputs, targets = [], []
+    for x, y in loader:
+        with accel.autocast():
+            outputs.append(model(accel.batch(x)).float())
+        targets.append(y)
     return torch.cat(outputs), torch.cat(targets)
 
 
-def evaluate(model, loader, task: Task) -> dict[str, float]:
-    outputs, targets = predict(model, loader)
+def evaluate(model, loader, task: Task, accel: Accel = OFF) -> dict[str, float]:
+    outputs, targets = predict(model, loader, accel)
     return task.metrics_fn(outputs, targets)
 
 
@@ -129,13 +138,17 @@ def fit(
     params_hash: str = "",
     history_path: Path | None = None,
     name: str = "train",
+    accel: Accel = OFF,
 ) -> FitResult:
+    scaler = accel.grad_scaler()
     state = checkpoint.load_resumable(checkpoint_path, params_hash) if checkpoint_path else None
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         checkpoint.restore_rng_states(state["rng"])
         start, best_metric, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
         best_state, bad_epochs, history = state["best_state"], state["bad_epochs"], state["history"]
@@ -152,10 +165,10 @@ def fit(
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[-1]["lr"]
         train_loss = train_one_epoch(model, train_loader, task.loss_fn, optimizer,
-                                     scheduler if scheduler_per_batch else None, epoch)
+                                     scheduler if scheduler_per_batch else None, epoch, accel, scaler)
         if scheduler is not None and not scheduler_per_batch:
             scheduler.step()
-        metrics = evaluate(model, val_loader, task)
+        metrics = evaluate(model, val_loader, task, accel)
         value = metrics[task.monitor]
         if task.improved(value, best_metric, min_delta):
             best_metric, best_epoch, bad_epochs = value, epoch + 1, 0
@@ -174,7 +187,7 @@ def fit(
                 "params_hash": params_hash, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "rng": checkpoint.rng_states(), "best_metric": best_metric, "best_epoch": best_epoch,
+                "scaler": scaler.state_dict(), "rng": checkpoint.rng_states(), "best_metric": best_metric, "best_epoch": best_epoch,
                 "best_state": best_state, "bad_epochs": bad_epochs, "history": history, "stopped": stopped,
             })
             faults.kill_if_armed("epoch_end", epoch + 1)
