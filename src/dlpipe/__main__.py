@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import pkgutil
+import re
 import sys
 
 # OpenMP's busy-wait makes torch ~10x slower when another process holds the
@@ -21,6 +22,12 @@ def available_stages() -> list[str]:
     import dlpipe.stages
 
     return sorted(m.name for m in pkgutil.iter_modules(dlpipe.stages.__path__) if not m.name.startswith("_"))
+
+
+def one_line(message: str) -> str:
+    """The CLI prints one line: a library's multi-line text quoted in a message
+    (torch's refusal of a pickle, say) is joined, its terminal colour codes dropped."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", message).split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"dlpipe.stages.{args.stage}")
         module.main(params)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     return 0
 

@@ -43,7 +43,7 @@ def read_picture(path: Path, image_size: int, nc: int) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image = image.convert("L" if nc == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise PipelineError(f"{path}: not a readable picture ({type(exc).__name__}: {exc})") from None
     image = TF.center_crop(TF.resize(image, image_size, antialias=True), image_size)
     return TF.pil_to_tensor(image)

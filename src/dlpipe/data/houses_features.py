@@ -52,6 +52,18 @@ def check_columns(train: pd.DataFrame, test: pd.DataFrame, train_name: str, test
     bad = train.loc[~np.isfinite(prices) | (prices <= 0), ID].tolist()
     if bad:
         raise PipelineError(f"{train_name}: column {TARGET} must hold positive numbers; bad rows with Id {bad[:5]}")
+    # The training file decides which columns are numeric: a number column with a few
+    # words in it would silently become a categorical one. (test.csv is checked
+    # against the fitted columns by ``transform``.)
+    for col in train.columns:
+        if col in (ID, TARGET) or pd.api.types.is_numeric_dtype(train[col]):
+            continue
+        values = train[col].dropna()
+        numbers = pd.to_numeric(values, errors="coerce")
+        if len(values) and numbers.notna().mean() > 0.5:
+            row = numbers.isna().idxmax()
+            raise PipelineError(f"{train_name}: non-numeric values in numeric column(s) ['{col}'], "
+                                f"e.g. {values[row]!r} in the row with Id {train.loc[row, ID]}; expected numbers")
 
 
 def _is_numeric(col: str, series: pd.Series) -> bool:

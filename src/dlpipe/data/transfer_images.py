@@ -43,6 +43,15 @@ def scan(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
     if not classes or not samples:
         raise PipelineError(f"{folder}: no class folders with images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    # As torchvision's ImageFolder: a class folder without images is an error, not a class never seen.
+    present = {label for _, label in samples}
+    empty = [name for index, name in enumerate(classes) if index not in present]
+    if empty:
+        raise PipelineError(f"{folder / empty[0]}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                            "expected at least one image in every class folder")
+    if len(classes) < 2:
+        raise PipelineError(f"{folder}: only one class folder ({classes[0]}/); "
+                            "expected at least two class folders, one per class")
     return classes, samples
 
 

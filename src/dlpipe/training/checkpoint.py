@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +109,13 @@ def load_state_dict_file(path: str | Path, map_location="cpu") -> dict[str, torc
         raise PipelineError(f"{path}: weights file not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+    except pickle.UnpicklingError as exc:
+        # torch's text is long; the part that says what was refused is its "Unsupported global" line.
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"pickled code ({refused.group(1)})" if refused else "objects other than tensors"
+        raise PipelineError(f"{path}: not a loadable weights file (UnpicklingError): it holds {what}, refused by "
+                            "weights_only=True; expected a state_dict of tensors") from None
+    except Exception as exc:  # RuntimeError (not a zip/pickle), EOFError (truncated)...
         raise PipelineError(f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PipelineError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
@@ -120,7 +128,9 @@ def load_into(model: torch.nn.Module, path: str | Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise PipelineError(f"{path}: weights do not fit the model: {str(exc).splitlines()[0][:300]}") from None
+        # torch's first line only names the class; the next ones name the tensors and shapes.
+        details = " ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
+        raise PipelineError(f"{path}: weights do not fit the model: {details[:400]}") from None
 
 
 def load_resumable(path: str | Path, params_hash: str) -> dict | None:
