@@ -119,7 +119,7 @@ def torch_globals():
 # --------------------------------------------------------------------------- servers on 127.0.0.1
 
 
-class HalfwayServer:
+class HalfwayServer(LocalServer):
     """Announces the whole file's Content-Length, sends half of it, closes the connection."""
 
     def __init__(self, payload: bytes):
@@ -136,14 +136,6 @@ class HalfwayServer:
         self.payload = payload
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @dataclass
