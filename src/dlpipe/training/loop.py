@@ -73,7 +73,7 @@ def train_one_epoch(model, loader, loss_fn: LossFn, optimizer, scheduler=None, e
     """
     model.train()
     scaler = scaler or accel.grad_scaler()
-    weighted, count = [], 0
+    losses, sizes = [], []
     for step, (inputs, targets) in enumerate(loader):
         with accel.autocast():
             loss = loss_fn(model(accel.batch(inputs)), targets)
@@ -84,17 +84,18 @@ def train_one_epoch(model, loader, loss_fn: LossFn, optimizer, scheduler=None, e
         if scheduler is not None:
             scheduler.step()
         faults.kill_if_armed("step", epoch + 1, step + 1)
-        weighted.append(loss.detach().float() * len(targets))
-        count += len(targets)
-    if not weighted:
+        losses.append(loss.detach())  # no arithmetic here: each op is a kernel launch per step
+        sizes.append(len(targets))
+    if not losses:
         return 0.0
-    losses = torch.stack(weighted)
+    losses = torch.stack(losses).float()
     finite = torch.isfinite(losses)
     if not bool(finite.all()):
         first = int((~finite).nonzero()[0])
         raise PipelineError(f"training loss became {losses[first].item()} at epoch {epoch + 1}, step {first + 1}; "
                             "stopped: the last good checkpoint and best weights are kept")
-    return losses.sum().item() / count
+    weights = torch.tensor(sizes, dtype=losses.dtype, device=losses.device)
+    return (losses * weights).sum().item() / sum(sizes)
 
 
 @torch.inference_mode()

@@ -1,0 +1,133 @@
+"""reports/bench.json from the parts' records, and the rows of the printed table.
+
+Pure functions: every figure is computed from the medians the parts recorded
+(``details`` keeps those records whole), so a reader can recompute any ratio.
+A part that did not run leaves its figures ``null``.
+"""
+
+from __future__ import annotations
+
+# The issue's bars (#8; LeNet's from #3).
+BARS = {"pipeline_wall_s": 600.0, "pipeline_peak_rss_mib": 4096.0, "noop_dvc_repro_s": 3.0,
+        "noop_snakemake_s": 3.0, "loop_overhead": 1.10, "lenet_speedup_vs_seed": 5.0}
+
+
+def _get(record: dict | None, *keys):
+    for key in keys:
+        if not isinstance(record, dict) or key not in record:
+            return None
+        record = record[key]
+    return record
+
+
+def pipeline_figures(run: dict | None) -> dict:
+    noop = _get(run, "noop", "median_s") or {}
+    return {
+        "pipeline_wall_s": _get(run, "wall_s"),
+        "pipeline_peak_rss_mib": _get(run, "peak_tree_rss_mib"),
+        "pipeline_polled_tree_rss_mib": _get(run, "polled_tree_rss_mib"),
+        "pipeline_max_process_rss_mib": _get(run, "max_process_rss_mib"),
+        "noop_dvc_repro_s": noop.get("dvc_repro"),
+        "noop_snakemake_s": noop.get("snakemake"),
+        "noop_dvc_status_s": noop.get("dvc_status"),
+        "incremental_stages_rerun": _get(run, "incremental", "ran"),
+        "incremental_expected": _get(run, "incremental", "expected"),
+        "incremental_change": _get(run, "incremental", "changed"),
+    }
+
+
+def overhead_figures(overhead: dict | None) -> dict:
+    measured = {name: r for name, r in (overhead or {}).items() if "ratio" in r}
+    return {
+        "loop_overhead": {name: r["ratio"] for name, r in measured.items()} if overhead is not None else None,
+        "samples_per_s": {name: {"pipeline": r["pipeline_per_s"], "bare": r["bare_per_s"],
+                                 "batch_size": r["batch_size"]}
+                          for name, r in measured.items()} if overhead is not None else None,
+    }
+
+
+def reference_figures(reference: dict | None) -> dict:
+    lenet, houses = _get(reference, "lenet"), _get(reference, "houses")
+    by_config = {name: s["vs_best_reference"] for name, s in (_get(lenet, "speedup") or {}).items()}
+    reached = {name: s for name, s in by_config.items() if s is not None}
+    best = max(reached, key=reached.get) if reached else None
+    return {
+        "lenet_speedup_vs_seed": reached[best] if best else None,
+        "lenet_speedup_vs_seed_config": best,
+        "lenet_speedup_vs_seed_default_params": by_config.get("pipeline_default"),
+        "lenet_speedup_by_config": {name: _get(lenet, "speedup", name) for name in by_config} if lenet else None,
+        "houses_speedup_vs_seed": _get(houses, "speedup", "pipeline_default", "vs_best_reference"),
+        "houses_speedup_with_range_test": _get(houses, "speedup", "pipeline_default", "with_range_test"),
+    }
+
+
+def lr_cost_figures(lr_cost: dict | None, run: dict | None) -> dict:
+    return {
+        "lr_find_cost_fraction": ({name: r["fraction"] for name, r in lr_cost.items() if "fraction" in r}
+                                  if lr_cost is not None else None),
+        "lr_find_cost_fraction_pipeline_run": _get(run, "lr_find_fraction"),
+    }
+
+
+def bars(report: dict) -> dict:
+    """{figure: {value, bar, met}}; ``met`` is None where the figure was not measured."""
+    out = {}
+    for key in ("pipeline_wall_s", "pipeline_peak_rss_mib", "noop_dvc_repro_s", "noop_snakemake_s"):
+        value = report.get(key)
+        out[key] = {"value": value, "bar": f"< {BARS[key]:g}", "met": None if value is None else value < BARS[key]}
+    ran, expected = report.get("incremental_stages_rerun"), report.get("incremental_expected")
+    out["incremental_stages_rerun"] = {"value": ran, "bar": "= " + ", ".join(expected) if expected else "",
+                                       "met": None if ran is None else sorted(ran) == sorted(expected)}
+    for name, value in (report.get("loop_overhead") or {}).items():
+        out[f"loop_overhead.{name}"] = {"value": value, "bar": f"<= {BARS['loop_overhead']:g}",
+                                        "met": value <= BARS["loop_overhead"]}
+    for key in ("lenet_speedup_vs_seed", "lenet_speedup_vs_seed_default_params"):
+        value = report.get(key)
+        out[key] = {"value": value, "bar": f">= {BARS['lenet_speedup_vs_seed']:g}",
+                    "met": None if value is None else value >= BARS["lenet_speedup_vs_seed"]}
+    return out
+
+
+def build(results: dict, machine: dict, quick: bool, command: str, run: dict) -> dict:
+    pipeline = results.get("pipeline")
+    report = {"quick": quick, "command": command, "machine": machine, "parts_run": list(results),
+              **pipeline_figures(pipeline), **overhead_figures(results.get("overhead")),
+              **reference_figures(results.get("reference")), **lr_cost_figures(results.get("lr_cost"), pipeline)}
+    report["bars"] = bars(report)
+    report["run"] = run
+    report["details"] = results
+    return report
+
+
+def rows(report: dict) -> list[tuple]:
+    """(figure, value, bar, met) per line of the printed table."""
+    b = report["bars"]
+    out = []
+    for key, label in (("pipeline_wall_s", "1. pipeline from clean state, wall s"),
+                       ("pipeline_peak_rss_mib", "1. peak RSS, MiB (process tree)"),
+                       ("noop_dvc_repro_s", "2. no-op dvc repro, s"),
+                       ("noop_snakemake_s", "2. no-op snakemake --cores 2, s")):
+        out.append((label, b[key]["value"], b[key]["bar"], b[key]["met"]))
+    out.append(("2. no-op dvc status, s", report.get("noop_dvc_status_s"), "", None))
+    inc = b["incremental_stages_rerun"]
+    out.append((f"3. stages rerun after {report.get('incremental_change') or 'one training param'}", inc["value"],
+                inc["bar"], inc["met"]))
+    for name, value in (report.get("loop_overhead") or {}).items():
+        rate = report["samples_per_s"][name]
+        out.append((f"4. loop / bare {name} ({rate['pipeline']:,.0f} vs {rate['bare']:,.0f} samples/s)", value,
+                    b[f"loop_overhead.{name}"]["bar"], b[f"loop_overhead.{name}"]["met"]))
+    out.append(("5. lenet seed time / pipeline time, default params",
+                report.get("lenet_speedup_vs_seed_default_params"),
+                b["lenet_speedup_vs_seed_default_params"]["bar"], b["lenet_speedup_vs_seed_default_params"]["met"]))
+    best = report.get("lenet_speedup_vs_seed_config") or "best variant"
+    out.append((f"5. lenet seed time / pipeline time, {best}", report.get("lenet_speedup_vs_seed"),
+                b["lenet_speedup_vs_seed"]["bar"], b["lenet_speedup_vs_seed"]["met"]))
+    out.append(("5. houses seed time / pipeline time (to its RMSLE)", report.get("houses_speedup_vs_seed"), "", None))
+    for name, value in (report.get("lr_find_cost_fraction") or {}).items():
+        out.append((f"6. lr_find / train stage time, {name}", value, "", None))
+    tuning = _get(report, "details", "tuning") or {}
+    for net, record in tuning.items():
+        for option, entry in record["options"].items():
+            value = entry.get("stage_ratio", entry["step_ratio"])
+            out.append((f"tuning {net} {option} (time / baseline)", value, "< 1 to adopt", None))
+    return out

@@ -1,0 +1,223 @@
+"""The benchmark's pieces (``python -m dlpipe.bench``) on tiny synthetic data.
+
+No timing is asserted: the tests check relations the benchmark must keep,
+that figures are ratios of the medians it records, that both sides of a
+comparison compute the same thing on the same batches, that bench.json holds
+the issue's keys, and that the expected incremental rerun follows the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from dlpipe.bench import overhead, pipeline_run, summary, timing
+from dlpipe.bench.reference import speedups
+from dlpipe.config import load_params
+from dlpipe.data.loaders import TensorLoader
+from dlpipe.errors import PipelineError
+from dlpipe.workflow_graph import load_stages
+
+from conftest import REPO
+
+REQUIRED_KEYS = ("pipeline_wall_s", "pipeline_peak_rss_mib", "noop_dvc_repro_s", "noop_snakemake_s",
+                 "incremental_stages_rerun", "loop_overhead", "lenet_speedup_vs_seed", "houses_speedup_vs_seed",
+                 "lr_find_cost_fraction", "machine")
+
+
+class FakeClock:
+    """Each call advances by the next of ``steps`` seconds (after the side ran)."""
+
+    def __init__(self):
+        self.now, self.pending = 0.0, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.pending
+        self.pending = 0.0
+        return self.now
+
+
+def test_alternate_reverses_the_order_each_round_and_drops_warmup():
+    clock, order = FakeClock(), []
+
+    def side(name: str, seconds: float):
+        def run():
+            order.append(name)
+            clock.pending = seconds
+            return {"seconds": seconds * 10}
+        return run
+
+    results = {}
+    times = timing.alternate({"a": side("a", 1.0), "b": side("b", 2.0)}, repeats=3, warmup=1, clock=clock,
+                             results=results)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert times == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
+    assert len(results["a"]) == 3  # the warm-up round's value is not kept
+    own = timing.alternate({"a": side("a", 1.0)}, repeats=2, warmup=0, clock=clock, seconds_of=lambda r: r["seconds"])
+    assert own == {"a": [10.0, 10.0]}
+    with pytest.raises(ValueError):
+        timing.alternate({"a": side("a", 1.0)}, repeats=0)
+
+
+def test_compare_is_the_ratio_of_the_medians():
+    record = timing.compare({"x": [3.0, 1.0, 2.0], "y": [4.0, 8.0, 6.0]}, "x", "y")
+    assert record["median_s"] == {"x": 2.0, "y": 6.0}
+    assert record["ratio"] == pytest.approx(2.0 / 6.0)
+    assert timing.ratio(1.0, 0.0) is None
+    assert timing.units_per_sample(0.1, 1.0) == 10 and timing.units_per_sample(5.0, 1.0) == 1
+    assert timing.units_per_sample(0.0, 1.0, cap=7) == 7
+
+
+def test_variant_params_go_through_the_schema(tmp_path):
+    params = timing.variant_params({"lenet.train.optimizer": "adam", "lenet.train.epochs": 1}, REPO / "params.yaml")
+    assert params.lenet.train.optimizer == "adam" and params.lenet.train.epochs == 1
+    assert params.houses.train == load_params(REPO / "params.yaml").houses.train  # the rest untouched
+    with pytest.raises(PipelineError, match="lenet.train.epochs"):
+        timing.variant_params({"lenet.train.epochs": 0}, REPO / "params.yaml")
+
+
+def tiny_loader() -> TensorLoader:
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=generator), torch.randint(0, 3, (40,), generator=generator)
+    return TensorLoader(x, y, batch_size=8, shuffle=True, seed=1, transform=lambda b, g: b + 0.1 * torch.randn(
+        b.shape, generator=g))
+
+
+def test_loop_overhead_sides_compute_the_same_on_the_same_batches():
+    torch.set_num_threads(1)
+    loader = tiny_loader()
+
+    def make():
+        torch.manual_seed(3)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    workload = overhead.loop_workload("tiny", loader, torch.nn.functional.cross_entropy, make, torch.device("cpu"))
+    record = overhead.measure(workload, repeats=2, target_s=0.0)
+    assert record["epochs_per_sample"] == 1 and len(record["runs_s"]["pipeline"]) == 2
+    assert record["ratio"] == pytest.approx(statistics.median(record["runs_s"]["pipeline"])
+                                            / statistics.median(record["runs_s"]["bare"]))
+    assert record["pipeline_per_s"] == pytest.approx(40 / record["median_s"]["pipeline"])
+    # Same start, same epochs, same batches and augmentation: the same weights, bit for bit.
+    ours, bare = workload.sides["pipeline"][0], workload.sides["bare"][0]
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), bare.state_dict().values()))
+
+
+def test_dcgan_pipeline_step_and_bare_step_compute_the_same():
+    torch.set_num_threads(1)
+    params = timing.variant_params({"dcgan.train.batch_size": 4, "dcgan.model.ngf": 4, "dcgan.model.ndf": 4,
+                                    "dcgan.model.nz": 8}, REPO / "params.yaml")
+    images = torch.randint(0, 256, (12, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    workload = overhead.gan_workload(params, torch.device("cpu"), images=images, nc=1)
+    assert workload.samples_per_epoch == 12
+    workload.pipeline_epoch(0)
+    workload.bare_epoch(0)
+    for ours, bare in zip(workload.sides["pipeline"][:2], workload.sides["bare"][:2]):  # generator, discriminator
+        for a, b in zip(ours.state_dict().values(), bare.state_dict().values()):
+            assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_incremental_rerun_expected_from_the_graph():
+    stages = load_stages(REPO / "dvc.yaml")
+    assert pipeline_run.expected_rerun(stages, "houses.train.epochs") == ["train_houses", "submission_houses", "report"]
+    # LeNet's weights feed the DCGAN's FID: its training reruns evaluate_dcgan too.
+    assert "evaluate_dcgan" in pipeline_run.expected_rerun(stages, "lenet.train.lr")
+    # A key only the training reads leaves its range test alone.
+    assert "lr_find_lenet" not in pipeline_run.expected_rerun(stages, "lenet.train.epochs")
+    assert "lr_find_lenet" in pipeline_run.expected_rerun(stages, "lenet.train.batch_size")
+
+
+def test_stage_seconds_and_lr_find_fractions_from_dvc_output():
+    lines = [(0.0, "Running stage 'lr_find_lenet':"), (0.1, "> python -m dlpipe lr_find_lenet"),
+             (2.0, "Running stage 'train_lenet':"), (10.0, "Updating lock file 'dvc.lock'"),
+             (10.5, "Running stage 'report':")]
+    seconds = pipeline_run.stage_seconds(lines, end=12.0)
+    assert seconds == {"lr_find_lenet": 2.0, "train_lenet": 8.5, "report": 1.5}
+    assert pipeline_run.lr_find_fractions(seconds) == {"lenet": pytest.approx(2.0 / 8.5)}
+
+
+def test_copy_worktree_copies_what_git_would_commit(tmp_path):
+    repo = pipeline_run.copy_worktree(REPO, tmp_path / "copy", {"houses.train.epochs": 2})
+    assert (repo / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
+    assert yaml.safe_load((repo / "params.yaml").read_text())["houses"]["train"]["epochs"] == 2
+    for ignored in ("data", "models", "reports", ".venv"):
+        assert not (repo / ignored).exists()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
+    assert status.stdout == ""  # everything committed: a clean state
+
+
+def fake_results() -> dict:
+    compare = timing.compare
+    lenet = speedups({"seed_as_written": [4.0, 4.2], "seed_1_thread": [2.0, 2.2], "pipeline_default": [2.1, 2.1],
+                      "pipeline_fast": [0.3, 0.3]}, ["seed_as_written", "seed_1_thread"],
+                     ["pipeline_default", "pipeline_fast"])
+    houses = speedups({"seed_as_written": [10.0], "seed_1_thread": [9.0], "pipeline_default": [0.5]},
+                      ["seed_as_written", "seed_1_thread"], ["pipeline_default"])
+    return {
+        "pipeline": {"wall_s": 300.0, "peak_tree_rss_mib": 1200.0, "polled_tree_rss_mib": 1100.0,
+                     "max_process_rss_mib": 1200.0, "lr_find_fraction": {"lenet": 0.2},
+                     "noop": {"median_s": {"dvc_repro": 1.1, "snakemake": 3.5, "dvc_status": 0.9}},
+                     "incremental": {"ran": ["train_houses", "submission_houses", "report"], "changed": "k=1",
+                                     "expected": ["train_houses", "submission_houses", "report"]}},
+        "overhead": {"lenet": {**compare({"pipeline": [1.05, 1.02], "bare": [1.0, 1.0]}, "pipeline", "bare"),
+                               "pipeline_per_s": 9.0, "bare_per_s": 10.0, "batch_size": 64},
+                     "dcgan": {"skipped": "no data"}},
+        "reference": {"lenet": lenet, "houses": houses},
+        "lr_cost": {"lenet": {**compare({"lr_find_lenet": [1.0], "train_lenet": [4.0]}, "lr_find_lenet",
+                                        "train_lenet"), "fraction": 0.25}},
+    }
+
+
+def test_summary_figures_are_the_recorded_medians_ratios():
+    results = fake_results()
+    report = summary.build(results, {"cores": 2}, quick=True, command="test", run={})
+    for key in REQUIRED_KEYS:
+        assert key in report, key
+    assert report["pipeline_peak_rss_mib"] == 1200.0 and report["noop_snakemake_s"] == 3.5
+    assert report["loop_overhead"] == {"lenet": results["overhead"]["lenet"]["ratio"]}
+    assert report["loop_overhead"]["lenet"] == pytest.approx(statistics.median([1.05, 1.02]) / 1.0)
+    assert report["lenet_speedup_vs_seed"] == pytest.approx(2.1 / 0.3)  # the better seed setting, best config
+    assert report["lenet_speedup_vs_seed_config"] == "pipeline_fast"
+    assert report["lenet_speedup_vs_seed_default_params"] == pytest.approx(2.1 / 2.1)
+    assert report["houses_speedup_vs_seed"] == pytest.approx(9.0 / 0.5)
+    assert report["lr_find_cost_fraction"] == {"lenet": 0.25}
+    bars = report["bars"]
+    assert bars["noop_snakemake_s"]["met"] is False and bars["noop_dvc_repro_s"]["met"] is True
+    assert bars["incremental_stages_rerun"]["met"] is True
+    assert bars["lenet_speedup_vs_seed"]["met"] is True and bars["lenet_speedup_vs_seed_default_params"]["met"] is False
+    text = timing.table(summary.rows(report))
+    assert "loop / bare lenet" in text and "NO" in text
+    json.dumps(report)  # plain JSON
+
+
+def test_summary_of_nothing_run_has_the_keys_as_null():
+    report = summary.build({}, {"cores": 2}, quick=True, command="test", run={})
+    for key in REQUIRED_KEYS[:-1]:
+        assert report[key] is None, key
+    assert all(entry["met"] is None for entry in report["bars"].values())
+    timing.table(summary.rows(report))
+
+
+def test_cli_quick_tuning_writes_bench_json(tmp_path):
+    """The entry point end to end on one cheap part: the JSON is written and its
+    figures are the ratios of the medians it records."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "dlpipe.bench", "--quick", "--only", "tuning", "--tuning-options",
+                           "threads_1", "--device", "cpu", "--output", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for key in REQUIRED_KEYS:
+        assert key in report, key
+    assert report["quick"] is True and report["parts_run"] == ["tuning"]
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"] == torch.__version__
+    for record in report["details"]["tuning"].values():
+        entry = record["options"]["threads_1"]
+        assert entry["step_ratio"] == pytest.approx(record["step_s"]["threads_1"] / record["step_s"]["baseline"])
+    assert "tuning lenet threads_1" in proc.stdout
