@@ -221,3 +221,13 @@ def test_cli_quick_tuning_writes_bench_json(tmp_path):
         entry = record["options"]["threads_1"]
         assert entry["step_ratio"] == pytest.approx(record["step_s"]["threads_1"] / record["step_s"]["baseline"])
     assert "tuning lenet threads_1" in proc.stdout
+
+
+def test_incremental_bar_allows_skipped_downstream_but_nothing_outside():
+    expected = ["train_houses", "submission_houses", "report"]
+    # DVC skips a downstream stage whose inputs came out byte-identical: still within the bar.
+    assert summary.only_downstream(["train_houses", "report"], expected)
+    assert summary.only_downstream(expected, expected)
+    assert not summary.only_downstream(["report"], expected)  # the changed stage itself must run
+    assert not summary.only_downstream(["prepare_houses", *expected], expected)  # an upstream stage reran
+    assert not summary.only_downstream([], expected)

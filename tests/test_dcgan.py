@@ -16,7 +16,7 @@ from dlpipe.models.dcgan import Discriminator, Generator, build
 from dlpipe.models.lenet import LeNet
 from dlpipe.report import fid as fid_module
 from dlpipe.report.fid import LeNetFeatures, frechet_distance, frechet_distance_numpy
-from dlpipe.training.gan import Watch, discriminator_step, generator_step
+from dlpipe.training.gan import Watch, discriminator_step, ema_of, generator_step
 
 NZ = 16
 
@@ -238,3 +238,24 @@ def test_inception_fid_never_downloads(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(PipelineError, match=r"weights-inception-2015-12-05-6726825d\.pth does not exist"):
         fid_module.inception_distance(images, images)
+
+
+def test_generator_ema_starts_as_a_copy_then_moves_by_one_minus_decay():
+    generator = Generator(nz=NZ, ngf=8, nc=1, image_size=32)
+    assert ema_of(generator, 0.0) is None
+    ema = ema_of(generator, 0.9)
+    first = params_of(generator)
+    ema.update_parameters(generator)  # the first update copies the weights
+    assert same(params_of(ema.module), first)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(1.0)
+    ema.update_parameters(generator)
+    for name, value in params_of(ema.module).items():
+        torch.testing.assert_close(value, first[name] + 0.1)  # 0.9 * old + 0.1 * (old + 1)
+    generator(torch.randn(4, NZ, 1, 1))  # a training forward moves BatchNorm's running statistics
+    ema.update_parameters(generator)
+    bn = next(m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))
+    ema_bn = next(m for m in ema.module.modules() if isinstance(m, nn.BatchNorm2d))
+    assert not torch.equal(ema_bn.running_mean, torch.zeros_like(ema_bn.running_mean))  # buffers are averaged too
+    assert not torch.equal(ema_bn.running_mean, bn.running_mean)

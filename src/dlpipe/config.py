@@ -192,6 +192,7 @@ class DCGANTrain:
     grid_images: int  # fixed noise vectors drawn into every epoch's sample grid
     collapse_threshold: float  # D(G(z)) below this: the discriminator wins completely
     collapse_patience: int  # that many consecutive such steps are reported as a collapse
+    ema_decay: float  # weight of the old average in the generator's EMA per step; 0 = no EMA
     max_batches: int | None = None
 
 

@@ -69,6 +69,13 @@ def lr_cost_figures(lr_cost: dict | None, run: dict | None) -> dict:
     }
 
 
+def only_downstream(ran: list[str], expected: list[str]) -> bool:
+    """The bar of figure 3: the stage that reads the changed key ran, and nothing outside
+    it and its downstream did (a downstream stage whose inputs came out the same may be
+    skipped by DVC)."""
+    return bool(ran) and bool(expected) and expected[0] in ran and set(ran) <= set(expected)
+
+
 def bars(report: dict) -> dict:
     """{figure: {value, bar, met}}; ``met`` is None where the figure was not measured."""
     out = {}
@@ -76,8 +83,8 @@ def bars(report: dict) -> dict:
         value = report.get(key)
         out[key] = {"value": value, "bar": f"< {BARS[key]:g}", "met": None if value is None else value < BARS[key]}
     ran, expected = report.get("incremental_stages_rerun"), report.get("incremental_expected")
-    out["incremental_stages_rerun"] = {"value": ran, "bar": "= " + ", ".join(expected) if expected else "",
-                                       "met": None if ran is None else sorted(ran) == sorted(expected)}
+    out["incremental_stages_rerun"] = {"value": ran, "bar": "within " + ", ".join(expected) if expected else "",
+                                       "met": None if ran is None else only_downstream(ran, expected or [])}
     for name, value in (report.get("loop_overhead") or {}).items():
         out[f"loop_overhead.{name}"] = {"value": value, "bar": f"<= {BARS['loop_overhead']:g}",
                                         "met": value <= BARS["loop_overhead"]}

@@ -117,12 +117,12 @@ def main(params: Params) -> None:
         collapse_patience=cfg.collapse_patience, checkpoint_path=CHECKPOINT,
         params_hash=run_identity(params.section_hash("device", "dcgan.image_size", "dcgan.model", "dcgan.train"),
                                  [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
-        history_path=STEPS_CSV, on_epoch_end=grids, name="train_dcgan",
+        history_path=STEPS_CSV, on_epoch_end=grids, name="train_dcgan", ema_decay=cfg.ema_decay,
     )
     EpochGrids.publish(cfg.epochs)
     write_history(HISTORY_CSV, per_epoch(result.history, cfg.collapse_threshold))
-    save_grid(to_uint8(generate(generator, grids.fixed_noise)), FINAL_GRID)
-    checkpoint.save_weights(GENERATOR_WEIGHTS, generator.state_dict())
+    save_grid(to_uint8(generate(result.sampler, grids.fixed_noise)), FINAL_GRID)
+    checkpoint.save_weights(GENERATOR_WEIGHTS, result.sampler.state_dict())
     checkpoint.save_weights(DISCRIMINATOR_WEIGHTS, discriminator.state_dict())
     metrics = summary(result.history, result.watch, cfg.epochs)
     write_json(TRAIN_METRICS, metrics)

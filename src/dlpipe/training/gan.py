@@ -30,6 +30,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dlpipe.errors import PipelineError
@@ -129,6 +130,16 @@ class GanResult:
     epochs_run: int
     history: list[dict] = field(default_factory=list)
     watch: dict = field(default_factory=dict)
+    sampler: nn.Module | None = None  # the generator to draw samples with: its EMA, or itself
+
+
+def ema_of(generator: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of the generator's weights (and BatchNorm buffers),
+    updated after every generator step; ``decay`` 0 = none. Averaging the last few
+    hundred steps smooths out the oscillation of adversarial training."""
+    if not decay:
+        return None
+    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def epoch_means(rows: list[dict]) -> dict[str, float]:
@@ -157,11 +168,13 @@ def fit_gan(
     history_path: Path | None = None,
     on_epoch_end: EpochHook | None = None,
     name: str = "train_gan",
+    ema_decay: float = 0.0,
 ) -> GanResult:
     """Train both networks for ``epochs``; ``noise_generator`` (on the training
     device) draws every latent batch, so its state is what a resume restores."""
     criterion = nn.BCELoss()
     watch = Watch(collapse_threshold, collapse_patience)
+    ema = ema_of(generator, ema_decay)
     state = checkpoint.load_resumable(checkpoint_path, params_hash) if checkpoint_path else None
     if state:
         generator.load_state_dict(state["generator"])
@@ -172,6 +185,8 @@ def fit_gan(
         noise_generator.set_state(state["noise_rng"])
         start, history = state["epoch"], state["history"]
         watch.load(state["watch"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
     else:
         start, history = 0, []
     device = next(generator.parameters()).device
@@ -186,6 +201,8 @@ def fit_gan(
             noise = torch.randn(real.size(0), nz, 1, 1, device=device, generator=noise_generator)
             d = discriminator_step(generator, discriminator, opt_d, real, noise, criterion)
             g = generator_step(discriminator, opt_g, d["fake"], criterion)
+            if ema is not None:
+                ema.update_parameters(generator)
             record = {"step": len(history) + len(rows) + 1, "epoch": epoch + 1, "loss_d": d["loss_d"],
                       "loss_g": g["loss_g"], "d_x": d["d_x"], "d_g_z1": d["d_g_z1"], "d_g_z2": g["d_g_z2"]}
             watch.update(record)
@@ -201,7 +218,7 @@ def fit_gan(
                  "d_collapse_steps %d", name, epoch + 1, epochs, means["loss_d"], means["loss_g"], means["d_x"],
                  means["d_g_z1"], means["d_g_z2"], watch.nan_steps, watch.collapse_steps)
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, generator)
+            on_epoch_end(epoch + 1, generator if ema is None else ema.module)
         if history_path:
             write_history(history_path, history)
         if checkpoint_path:
@@ -210,9 +227,9 @@ def fit_gan(
                 "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "rng": checkpoint.rng_states(), "noise_rng": noise_generator.get_state(),
-                "history": history, "watch": watch.state(),
+                "history": history, "watch": watch.state(), "ema": ema.state_dict() if ema is not None else {},
             })
             faults.kill_if_armed("epoch_end", epoch + 1)
     if history_path and history:
         write_history(history_path, history)
-    return GanResult(max(epochs - start, 0), history, watch.state())
+    return GanResult(max(epochs - start, 0), history, watch.state(), generator if ema is None else ema.module)
