@@ -4,7 +4,7 @@
 # Other targets: make test-slow (the long end-to-end tests), make snakemake, make clean,
 # make snakemake-touch (after dvc pull / dvc checkout: Snakemake takes DVC's outputs as they are).
 # make bench: the performance figures against the references (python -m dlpipe.bench:
-# reports/bench.json and a table; 15 to 20 minutes on 2 cores; BENCH_ARGS=--quick for a check).
+# reports/bench.json and a table; about 16 minutes on 2 cores; BENCH_ARGS=--quick for a check).
 
 PYTHON ?= python3.11
 VENV   ?= .venv

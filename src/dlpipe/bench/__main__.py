@@ -13,7 +13,7 @@ are medians and ratios of medians (absolute times on a shared machine are noise)
   lr_cost    6: each LR range test stage against the training stage it serves
   tuning     channels_last, bf16 autocast, torch.compile, threads (only with --tuning)
 
-    python -m dlpipe.bench                   # everything but tuning (15 to 20 minutes on 2 cores)
+    python -m dlpipe.bench                   # everything but tuning (about 16 minutes on 2 cores)
     python -m dlpipe.bench --quick           # tiny settings, 1 repeat: checks that it all runs
     python -m dlpipe.bench --skip-pipeline --tuning
     python -m dlpipe.bench --only overhead,tuning --device cuda --output reports/bench_cuda.json
