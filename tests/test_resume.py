@@ -95,9 +95,8 @@ def fresh_workspace(base: Path, dest: Path, stage: str) -> Path:
     and Snakemake leave them before running the stage (the checkpoint is
     persistent; it is removed here so that the run starts from scratch)."""
     shutil.copytree(base, dest)
-    for rel in stage_outputs(stage) + [STAGES[stage][1]]:
-        path = dest / rel
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    clear_outputs(dest, stage)
+    shutil.rmtree(dest / STAGES[stage][1], ignore_errors=True)
     return dest
 
 

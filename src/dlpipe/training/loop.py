@@ -72,7 +72,8 @@ def train_one_epoch(model, loader, loss_fn: LossFn, optimizer, scheduler=None, e
     are written, so the last good ones are kept.
     """
     model.train()
-    scaler = scaler or accel.grad_scaler()
+    if scaler is None:
+        scaler = accel.grad_scaler()
     losses, sizes = [], []
     for step, (inputs, targets) in enumerate(loader):
         with accel.autocast():
