@@ -13,6 +13,7 @@ in copies of a finished tiny pipeline run, with three epochs of a few batches:
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -84,17 +85,27 @@ def base(tiny_dvc_run, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume_base")
     for rel in COPIED:
         src = tiny_dvc_run.repo / rel
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / rel)
+        (linked_tree if src.is_dir() else shutil.copy2)(src, root / rel)
     overrides = {key: value for stage_overrides, _, _ in STAGES.values() for key, value in stage_overrides.items()}
     write_params(root / "params.yaml", overrides)
     return root
 
 
+def linked_tree(src: Path, dest: Path) -> None:
+    """A copy whose files are hard links: the stages write every file to a temporary
+    name and rename it (dlpipe.io), so a run replaces a link and never writes into
+    the shared file, and 18 workspaces cost no disk (real copies took ~10 GB)."""
+    shutil.copytree(src, dest, copy_function=os.link)
+
+
 def fresh_workspace(base: Path, dest: Path, stage: str) -> Path:
     """A copy of ``base`` with the stage's outputs and checkpoint removed, as DVC
     and Snakemake leave them before running the stage (the checkpoint is
-    persistent; it is removed here so that the run starts from scratch)."""
-    shutil.copytree(base, dest)
+    persistent; it is removed here so that the run starts from scratch).
+    params.yaml is a real copy: write_params rewrites it in place."""
+    linked_tree(base, dest)
+    (dest / "params.yaml").unlink()
+    shutil.copy2(base / "params.yaml", dest / "params.yaml")
     clear_outputs(dest, stage)
     shutil.rmtree(dest / STAGES[stage][1], ignore_errors=True)
     return dest
