@@ -16,7 +16,8 @@ from dlpipe.models.dcgan import Discriminator, Generator, build
 from dlpipe.models.lenet import LeNet
 from dlpipe.report import fid as fid_module
 from dlpipe.report.fid import LeNetFeatures, frechet_distance, frechet_distance_numpy
-from dlpipe.training.gan import Watch, discriminator_step, ema_of, generator_step
+from dlpipe.training.gan import Watch, discriminator_step, ema_of, generator_step, r1_penalty
+from dlpipe.training.gan_augment import DiffAugment
 
 NZ = 16
 
@@ -91,21 +92,29 @@ def nets():
     return g, d, opt_g, opt_d, real, torch.randn(8, NZ, 1, 1)
 
 
-def test_discriminator_step_leaves_the_generator_alone(nets):
+def augmentations():
+    """No augmentation, and DiffAugment's shifts and cutout (what D sees changes, the rules do not)."""
+    return [lambda x: x, DiffAugment(0.125, 0.5, torch.Generator().manual_seed(3))]
+
+
+@pytest.mark.parametrize("r1_gamma", [0.0, 1.0], ids=["bce", "r1"])
+@pytest.mark.parametrize("augment", augmentations(), ids=["plain", "diffaugment"])
+def test_discriminator_step_leaves_the_generator_alone(nets, augment, r1_gamma):
     g, d, opt_g, opt_d, real, z = nets
     g_before, d_before = params_of(g), params_of(d)
-    out = discriminator_step(g, d, opt_d, real, z, nn.BCELoss())
+    out = discriminator_step(g, d, opt_d, real, z, nn.BCELoss(), augment, r1_gamma)
     assert same(params_of(g), g_before)
     assert all(p.grad is None for p in g.parameters())  # detach: no gradient reached G at all
     assert not same(params_of(d), d_before)
     assert out["finite"] and 0 < out["d_x"] < 1 and 0 < out["d_g_z1"] < 1
 
 
-def test_generator_step_leaves_the_discriminator_alone(nets):
+@pytest.mark.parametrize("augment", augmentations(), ids=["plain", "diffaugment"])
+def test_generator_step_leaves_the_discriminator_alone(nets, augment):
     g, d, opt_g, opt_d, real, z = nets
-    fake = discriminator_step(g, d, opt_d, real, z, nn.BCELoss())["fake"]
+    fake = discriminator_step(g, d, opt_d, real, z, nn.BCELoss(), augment)["fake"]
     g_before, d_before = params_of(g), params_of(d)
-    out = generator_step(d, opt_g, fake, nn.BCELoss())
+    out = generator_step(d, opt_g, fake, nn.BCELoss(), augment)
     assert same(params_of(d), d_before)
     assert any(p.grad is not None for p in d.parameters())  # G's loss reached D's grads, not its weights
     assert not same(params_of(g), g_before)
@@ -139,6 +148,48 @@ def test_steps_are_the_seeds_update(nets):
     assert same(params_of(g), params_of(g2)) and same(params_of(d), params_of(d2))
     assert step_d["loss_d"] == pytest.approx((err_real + err_fake).item())
     assert step_g["loss_g"] == pytest.approx(err_g.item())
+
+
+def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm():
+    """logit = <w, x>: its gradient at every input is w, so the penalty is ||w||^2."""
+    w = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    x = torch.randn(6, 3, 4, 4).requires_grad_()
+    penalty = r1_penalty((x * w).sum(dim=(1, 2, 3)), x)
+    assert penalty.item() == pytest.approx(w.pow(2).sum().item(), rel=1e-6)
+    penalty.backward()  # create_graph: the penalty reaches the critic's weights (d||w||^2/dw = 2w)
+    assert torch.allclose(w.grad, 2 * w.detach())
+
+
+def test_discriminator_logits_are_its_output_before_the_sigmoid():
+    torch.manual_seed(0)
+    d = Discriminator(8, 1, 32)
+    x = torch.randn(4, 1, 32, 32)
+    assert torch.equal(torch.sigmoid(d.logits(x)), d(x))
+
+
+def test_r1_step_is_bce_plus_half_gamma_times_the_penalty(nets):
+    """The D step with R1, against the loss written out by hand on copies: same weights after one step."""
+    g, d, opt_g, opt_d, real, z = nets
+    gamma = 2.5
+    d2 = copy.deepcopy(d)
+    opt_d2 = torch.optim.Adam(d2.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    x = real.clone().requires_grad_()
+    logits = d2.main[:-1](x).view(-1)
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    penalty = (grad ** 2).sum(dim=(1, 2, 3)).mean()
+    with torch.no_grad():
+        fake = g(z)
+    bce = nn.functional.binary_cross_entropy
+    loss = (bce(torch.sigmoid(logits), torch.ones(8)) + gamma / 2 * penalty
+            + bce(d2(fake).view(-1), torch.zeros(8)))
+    d2.zero_grad()
+    loss.backward()
+    opt_d2.step()
+
+    out = discriminator_step(g, d, opt_d, real, z, nn.BCELoss(), r1_gamma=gamma)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(d.parameters(), d2.parameters()))
+    assert out["r1"] == pytest.approx(gamma / 2 * penalty.item(), rel=1e-5)
+    assert out["loss_d"] == pytest.approx((loss - gamma / 2 * penalty).item(), rel=1e-5)  # the BCE alone
 
 
 def test_a_nan_loss_skips_the_update_and_is_counted(nets, caplog):
@@ -259,3 +310,23 @@ def test_generator_ema_starts_as_a_copy_then_moves_by_one_minus_decay():
     ema_bn = next(m for m in ema.module.modules() if isinstance(m, nn.BatchNorm2d))
     assert not torch.equal(ema_bn.running_mean, torch.zeros_like(ema_bn.running_mean))  # buffers are averaged too
     assert not torch.equal(ema_bn.running_mean, bn.running_mean)
+
+
+def test_lazy_r1_penalises_every_nth_step_scaled_by_n(nets, monkeypatch):
+    """r1_interval 3: the D steps 0, 3, 6 carry gamma x 3, the others none (Karras et al. 2020)."""
+    from dlpipe.data.loaders import TensorLoader
+    from dlpipe.training import gan
+
+    g, d, opt_g, opt_d, real, _ = nets
+    seen = []
+    step = gan.discriminator_step
+
+    def recording(*args):
+        seen.append(args[-1])  # r1_gamma, the last positional argument
+        return step(*args)
+
+    monkeypatch.setattr(gan, "discriminator_step", recording)
+    loader = TensorLoader(real.repeat(2, 1, 1, 1), torch.zeros(16), batch_size=4, shuffle=True, seed=0)
+    gan.fit_gan(g, d, opt_g, opt_d, loader, torch.Generator().manual_seed(0), nz=NZ, epochs=2,
+                collapse_threshold=0.01, collapse_patience=100, r1_gamma=0.5, r1_interval=3)
+    assert seen == [1.5, 0.0, 0.0, 1.5, 0.0, 0.0, 1.5, 0.0]  # 2 epochs x 4 batches, counted across epochs

@@ -193,6 +193,11 @@ class DCGANTrain:
     collapse_threshold: float  # D(G(z)) below this: the discriminator wins completely
     collapse_patience: int  # that many consecutive such steps are reported as a collapse
     ema_decay: float  # weight of the old average in the generator's EMA per step; 0 = no EMA
+    translation: float  # DiffAugment: largest shift of what D sees, as a fraction of the side; 0 = off
+    cutout: float  # DiffAugment: side of the background square cut from what D sees, fraction of the side; 0 = off
+    r1_gamma: float  # weight of the R1 gradient penalty on real images in D's loss; 0 = off (the seed's step)
+    r1_interval: int  # the penalty on every this-many-th D step, times this many (lazy R1); 1 = every step
+    threads: int  # torch threads of train_dcgan when the engine grants none; 0 = the top-level ``threads``
     max_batches: int | None = None
 
 

@@ -61,6 +61,10 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).view(-1)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The output before the final Sigmoid (the R1 penalty's gradient is taken of it)."""
+        return self.main[:-1](x).view(-1)
+
 
 def weights_init(module: nn.Module) -> None:
     """The seed's initialisation (Radford et al., 2016): every convolution's

@@ -84,20 +84,30 @@ def write_histogram(path: Path, names: list[str], shares: torch.Tensor) -> None:
     write_text(path, buffer.getvalue())
 
 
+def real_samples(params: Params, meta: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The two disjoint real samples of N images (the comparison's and the floor's), and the pool size."""
+    pool = load_images(REAL_EVAL if meta["eval_pool"] == "real_eval" else TRAIN, meta, device)
+    n = fid_sample_size(len(pool), params.dcgan.evaluate.fid_max_samples)
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(params.seed + REAL_DRAW_OFFSET))
+    return pool[order[:n].to(device)], pool[order[n:2 * n].to(device)], len(pool)
+
+
+def eval_noise(params: Params, n: int, device: torch.device) -> torch.Tensor:
+    return noise(n, params.dcgan.model.nz, params.seed + EVAL_NOISE_OFFSET, device)
+
+
 def main(params: Params) -> None:
     device = runtime.setup(params.seed, params.device, params.threads)
     cfg, nz = params.dcgan.evaluate, params.dcgan.model.nz
     meta = load_meta()
     features, class_names = lenet_features(params, device)
-    pool = load_images(REAL_EVAL if meta["eval_pool"] == "real_eval" else TRAIN, meta, device)
-    n = fid_sample_size(len(pool), cfg.fid_max_samples)
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(params.seed + REAL_DRAW_OFFSET))
-    real_a, real_b = pool[order[:n].to(device)], pool[order[n:2 * n].to(device)]
+    real_a, real_b, pool_size = real_samples(params, meta, device)
+    n = len(real_a)
 
     untrained, _ = build_networks(params, meta["nc"], device)  # training's starting point
     trained, _ = build_networks(params, meta["nc"], device)
     load_into(trained, GENERATOR_WEIGHTS)
-    z = noise(n, nz, params.seed + EVAL_NOISE_OFFSET, device)
+    z = eval_noise(params, n, device)
     fake, fake_untrained = to_uint8(generate(trained, z)), to_uint8(generate(untrained, z))
 
     fid = frechet_distance(features, real_a, fake)
@@ -110,7 +120,7 @@ def main(params: Params) -> None:
         "fid": fid, "fid_ceiling": ceiling, "fid_floor": floor,
         "fid_over_ceiling": fid / ceiling if ceiling > 0 else float("inf"),
         "fid_over_floor": fid / floor if floor > 0 else float("inf"),
-        "fid_samples": n, "fid_real_pool": len(pool),
+        "fid_samples": n, "fid_real_pool": pool_size,
         "class_samples": cfg.class_samples,
         "min_class_share": shares.min().item(), "max_class_share": shares.max().item(),
         "mean_confidence": confidence,
@@ -124,7 +134,7 @@ def main(params: Params) -> None:
         "implementation": "torchmetrics.image.fid.FrechetInceptionDistance(feature=<that LeNet>)",
         "image_path": "uint8 pictures (generated ones quantised like a saved PNG) -> 3 channels, 32 x 32, "
                       "normalised by the classifier's training-split mean and std",
-        "real_pool": f"{meta['eval_pool_from']}; {len(pool)} images",
+        "real_pool": f"{meta['eval_pool_from']}; {pool_size} images",
         "real_sample": f"the first {n} of a permutation of the pool drawn with seed {params.seed + REAL_DRAW_OFFSET}",
         "floor_sample": f"the next {n} of that permutation, disjoint from the real sample",
         "generated_sample": f"{n} images of {GENERATOR_WEIGHTS} (eval mode) from N(0, 1) noise drawn with seed "
@@ -142,4 +152,4 @@ def main(params: Params) -> None:
     write_json(METRICS, metrics)
     log.info("dcgan: fid %.3f (ceiling %.3f, floor %.3f; fid/ceiling %.4f, fid/floor %.2f; N %d of a pool of %d), "
              "min_class_share %.3f, mean_confidence %.3f", fid, ceiling, floor, metrics["fid_over_ceiling"],
-             metrics["fid_over_floor"], n, len(pool), metrics["min_class_share"], confidence)
+             metrics["fid_over_floor"], n, pool_size, metrics["min_class_share"], confidence)

@@ -2,7 +2,10 @@
 
 Both networks initialised N(0, 0.02) under ``seed``; BCE; one Adam each
 (lr 2e-4, betas (0.5, 0.999) by default); the training batches are slices of
-a seeded permutation, scaled to [-1, 1]. After every epoch the generator draws
+a seeded permutation, scaled to [-1, 1]. With ``translation`` / ``cutout``
+set, the discriminator sees every batch (real and fake, D step and G step)
+through DiffAugment (training/gan_augment.py), its shifts drawn from the same
+checkpointed generator as the noise. After every epoch the generator draws
 the same fixed noise batch into reports/dcgan/epoch_NNN.png; the last one is
 also reports/plots/dcgan/final_grid.png (a DVC plot image). Per-step losses,
 D(x) and D(G(z)) go to reports/plots/dcgan/steps.csv, a resumable checkpoint
@@ -17,6 +20,7 @@ import logging
 import math
 import shutil
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -32,6 +36,7 @@ from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID,
 from dlpipe.training import checkpoint
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.gan import epoch_means, fit_gan
+from dlpipe.training.gan_augment import DiffAugment
 from dlpipe.training.loop import write_history
 
 log = logging.getLogger(__name__)
@@ -95,9 +100,21 @@ def summary(history: list[dict], watch: dict, epochs: int) -> dict:
     }
 
 
-def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
-    cfg, arch = params.dcgan.train, params.dcgan.model
+class Setup(NamedTuple):
+    """What fit_gan needs, built from params as this stage builds it (bench.gan_sweep reuses it)."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    loader: TensorLoader
+    noise_generator: torch.Generator
+    augment: DiffAugment
+    meta: dict
+
+
+def setup_training(params: Params, device: torch.device) -> Setup:
+    cfg = params.dcgan.train
     meta = load_meta()
     images = load_images(TRAIN, meta, device)
     # drop_last: every step sees a full batch (BatchNorm statistics of equal-sized batches)
@@ -108,6 +125,14 @@ def main(params: Params) -> None:
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas)
     noise_generator = torch.Generator(device=device).manual_seed(params.seed)
+    return Setup(generator, discriminator, opt_g, opt_d, loader, noise_generator,
+                 DiffAugment(cfg.translation, cfg.cutout, noise_generator), meta)
+
+
+def main(params: Params) -> None:
+    device = runtime.setup(params.seed, params.device, params.dcgan.train.threads or params.threads)
+    cfg, arch = params.dcgan.train, params.dcgan.model
+    generator, discriminator, opt_g, opt_d, loader, noise_generator, augment, meta = setup_training(params, device)
     grids = EpochGrids(noise(cfg.grid_images, arch.nz, params.seed + FIXED_NOISE_OFFSET, device))
 
     started = time.perf_counter()
@@ -118,6 +143,7 @@ def main(params: Params) -> None:
         params_hash=run_identity(params.section_hash("device", "dcgan.image_size", "dcgan.model", "dcgan.train"),
                                  [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
         history_path=STEPS_CSV, on_epoch_end=grids, name="train_dcgan", ema_decay=cfg.ema_decay,
+        augment=augment, r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval,
     )
     EpochGrids.publish(cfg.epochs)
     write_history(HISTORY_CSV, per_epoch(result.history, cfg.collapse_threshold))

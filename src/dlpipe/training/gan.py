@@ -41,41 +41,69 @@ log = logging.getLogger(__name__)
 
 REAL_LABEL, FAKE_LABEL = 1.0, 0.0
 EpochHook = Callable[[int, nn.Module], None]
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _unchanged(images: torch.Tensor) -> torch.Tensor:
+    return images
+
+
+def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al., ICML 2018): the mean over the batch of the squared norm
+    of the gradient of D's logit with respect to its (real) input. ``create_graph``:
+    D's backward differentiates the penalty itself."""
+    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
 
 
 def discriminator_step(generator: nn.Module, discriminator: nn.Module, opt_d: torch.optim.Optimizer,
-                       real: torch.Tensor, noise: torch.Tensor, criterion: nn.Module) -> dict:
+                       real: torch.Tensor, noise: torch.Tensor, criterion: nn.Module,
+                       augment: Augment = _unchanged, r1_gamma: float = 0.0) -> dict:
     """Update D to maximise log D(x) + log(1 - D(G(z))); returns the fakes for the G step.
 
     Both forward passes come before both backward passes (the seed interleaves
     them): the gradients are the same, and a NaN output is caught before
     BCELoss sees it (it raises on the CPU, and fails a device assert on CUDA).
+    ``augment`` (DiffAugment) transforms what D sees, real and fake alike.
+    ``r1_gamma`` > 0 adds gamma / 2 x the R1 penalty on the real batch to D's
+    loss (D must then offer ``logits``, its output before the Sigmoid): it
+    keeps D smooth around the real images, so it cannot learn a small training
+    set by heart; ``loss_d`` stays the BCE alone, the penalty is ``r1``.
     """
     discriminator.zero_grad(set_to_none=True)
-    output_real = discriminator(real).view(-1)
+    real_view = augment(real)
+    if r1_gamma:
+        real_view = real_view.detach().requires_grad_(True)
+        logits_real = discriminator.logits(real_view).view(-1)
+        output_real = torch.sigmoid(logits_real)  # what D's own Sigmoid computes
+    else:
+        output_real = discriminator(real_view).view(-1)
     fake = generator(noise)
-    output_fake = discriminator(fake.detach()).view(-1)  # detach: no gradient flows into G here
+    output_fake = discriminator(augment(fake.detach())).view(-1)  # detach: no gradient flows into G here
     d_x, d_g_z1 = output_real.mean().item(), output_fake.mean().item()
     if not (math.isfinite(d_x) and math.isfinite(d_g_z1)):
-        return {"fake": fake, "loss_d": math.nan, "d_x": d_x, "d_g_z1": d_g_z1, "finite": False}
+        return {"fake": fake, "loss_d": math.nan, "d_x": d_x, "d_g_z1": d_g_z1, "r1": math.nan, "finite": False}
     label = torch.full((real.size(0),), REAL_LABEL, device=real.device)
     loss_real = criterion(output_real, label)
-    loss_real.backward()
+    penalty = r1_gamma / 2 * r1_penalty(logits_real, real_view) if r1_gamma else None
+    (loss_real if penalty is None else loss_real + penalty).backward()
     label.fill_(FAKE_LABEL)
     loss_fake = criterion(output_fake, label)
     loss_fake.backward()  # accumulated onto the real batch's gradients, then one step
     loss_d = (loss_real + loss_fake).item()
-    finite = math.isfinite(loss_d)
+    r1 = penalty.item() if penalty is not None else 0.0
+    finite = math.isfinite(loss_d) and math.isfinite(r1)
     if finite:
         opt_d.step()
-    return {"fake": fake, "loss_d": loss_d, "d_x": d_x, "d_g_z1": d_g_z1, "finite": finite}
+    return {"fake": fake, "loss_d": loss_d, "d_x": d_x, "d_g_z1": d_g_z1, "r1": r1, "finite": finite}
 
 
 def generator_step(discriminator: nn.Module, opt_g: torch.optim.Optimizer, fake: torch.Tensor,
-                   criterion: nn.Module) -> dict:
-    """Update G to maximise log D(G(z)), through the just-updated D; only G's optimizer steps."""
+                   criterion: nn.Module, augment: Augment = _unchanged) -> dict:
+    """Update G to maximise log D(G(z)), through the just-updated D (and the same kind
+    of augmentation, which G's gradient passes through); only G's optimizer steps."""
     opt_g.zero_grad(set_to_none=True)
-    output = discriminator(fake).view(-1)
+    output = discriminator(augment(fake)).view(-1)
     d_g_z2 = output.mean().item()
     if not math.isfinite(d_g_z2):
         return {"loss_g": math.nan, "d_g_z2": d_g_z2, "finite": False}
@@ -169,9 +197,13 @@ def fit_gan(
     on_epoch_end: EpochHook | None = None,
     name: str = "train_gan",
     ema_decay: float = 0.0,
+    augment: Augment = _unchanged,
+    r1_gamma: float = 0.0,
+    r1_interval: int = 1,
 ) -> GanResult:
     """Train both networks for ``epochs``; ``noise_generator`` (on the training
-    device) draws every latent batch, so its state is what a resume restores."""
+    device) draws every latent batch (and ``augment``'s shifts, when it is a
+    DiffAugment built on it), so its state is what a resume restores."""
     criterion = nn.BCELoss()
     watch = Watch(collapse_threshold, collapse_patience)
     ema = ema_of(generator, ema_decay)
@@ -199,8 +231,11 @@ def fit_gan(
         rows = []
         for real, _ in loader:
             noise = torch.randn(real.size(0), nz, 1, 1, device=device, generator=noise_generator)
-            d = discriminator_step(generator, discriminator, opt_d, real, noise, criterion)
-            g = generator_step(discriminator, opt_g, d["fake"], criterion)
+            # Lazy R1 (Karras et al. 2020): every r1_interval-th step, scaled by the interval.
+            step_index = len(history) + len(rows)
+            r1_now = r1_gamma * r1_interval if step_index % r1_interval == 0 else 0.0
+            d = discriminator_step(generator, discriminator, opt_d, real, noise, criterion, augment, r1_now)
+            g = generator_step(discriminator, opt_g, d["fake"], criterion, augment)
             if ema is not None:
                 ema.update_parameters(generator)
             record = {"step": len(history) + len(rows) + 1, "epoch": epoch + 1, "loss_d": d["loss_d"],
