@@ -28,8 +28,7 @@ from dlpipe.report.fid import frechet_distance
 from dlpipe.report.sample_grid import to_uint8
 from dlpipe.stages import evaluate_dcgan
 from dlpipe.stages._dcgan import build_networks, generate
-from dlpipe.stages.train_dcgan import setup_training
-from dlpipe.training.gan import fit_gan
+from dlpipe.stages.train_dcgan import setup_training, torch_threads, train
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,8 @@ def parse_overrides(items: list[str]) -> dict:
 def fid_trace(params: Params, every: int) -> dict:
     """Train with ``params``; the FID of the sampler (the EMA when on) and of the raw generator
     every ``every`` epochs and after the last one."""
-    device = runtime.setup(params.seed, params.device, params.dcgan.train.threads or params.threads)
+    threads = torch_threads(params)
+    device = runtime.setup(params.seed, params.device, threads)
     cfg = params.dcgan.train
     run = setup_training(params, device)
     features, _ = evaluate_dcgan.lenet_features(params, device)
@@ -71,16 +71,12 @@ def fid_trace(params: Params, every: int) -> dict:
         log.info("epoch %d: fid %.2f (raw generator %.2f), %.4f x ceiling, %.0f s", epoch, fid, raw,
                  fid / ceiling, seconds)
 
-    result = fit_gan(run.generator, run.discriminator, run.opt_g, run.opt_d, run.loader, run.noise_generator,
-                     nz=params.dcgan.model.nz, epochs=cfg.epochs, collapse_threshold=cfg.collapse_threshold,
-                     collapse_patience=cfg.collapse_patience, on_epoch_end=score, name="gan_sweep",
-                     ema_decay=cfg.ema_decay, augment=run.augment,
-                     r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval)
+    result = train(run, params, on_epoch_end=score, name="gan_sweep")
     last = [row for row in result.history if row["epoch"] == cfg.epochs]
     return {"fid_ceiling": ceiling, "fid_samples": len(real), "trace": trace,
             "last_epoch_d_x": sum(r["d_x"] for r in last) / len(last),
             "last_epoch_d_g_z": sum(r["d_g_z1"] for r in last) / len(last),
-            "threads": runtime.stage_threads(params.dcgan.train.threads or params.threads)}
+            "threads": runtime.stage_threads(threads)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID,
                                   build_networks, generate, noise)
 from dlpipe.training import checkpoint
 from dlpipe.training.checkpoint import run_identity
-from dlpipe.training.gan import epoch_means, fit_gan
+from dlpipe.training.gan import GanResult, epoch_means, fit_gan
 from dlpipe.training.gan_augment import DiffAugment
 from dlpipe.training.loop import write_history
 
@@ -129,30 +129,41 @@ def setup_training(params: Params, device: torch.device) -> Setup:
                  DiffAugment(cfg.translation, cfg.cutout, noise_generator), meta)
 
 
+def torch_threads(params: Params) -> int:
+    """This stage's thread count when the engine grants none: dcgan.train.threads, else the top-level one."""
+    return params.dcgan.train.threads or params.threads
+
+
+def train(run: Setup, params: Params, **options) -> GanResult:
+    """fit_gan with the params' settings; ``options``: checkpoint, history, epoch hook, name."""
+    cfg = params.dcgan.train
+    return fit_gan(run.generator, run.discriminator, run.opt_g, run.opt_d, run.loader, run.noise_generator,
+                   nz=params.dcgan.model.nz, epochs=cfg.epochs, collapse_threshold=cfg.collapse_threshold,
+                   collapse_patience=cfg.collapse_patience, ema_decay=cfg.ema_decay, augment=run.augment,
+                   r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval, **options)
+
+
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.dcgan.train.threads or params.threads)
+    device = runtime.setup(params.seed, params.device, torch_threads(params))
     cfg, arch = params.dcgan.train, params.dcgan.model
-    generator, discriminator, opt_g, opt_d, loader, noise_generator, augment, meta = setup_training(params, device)
+    run = setup_training(params, device)
     grids = EpochGrids(noise(cfg.grid_images, arch.nz, params.seed + FIXED_NOISE_OFFSET, device))
 
     started = time.perf_counter()
-    result = fit_gan(
-        generator, discriminator, opt_g, opt_d, loader, noise_generator,
-        nz=arch.nz, epochs=cfg.epochs, collapse_threshold=cfg.collapse_threshold,
-        collapse_patience=cfg.collapse_patience, checkpoint_path=CHECKPOINT,
+    result = train(
+        run, params, checkpoint_path=CHECKPOINT,
         params_hash=run_identity(params.section_hash("device", "dcgan.image_size", "dcgan.model", "dcgan.train"),
                                  [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
-        history_path=STEPS_CSV, on_epoch_end=grids, name="train_dcgan", ema_decay=cfg.ema_decay,
-        augment=augment, r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval,
+        history_path=STEPS_CSV, on_epoch_end=grids, name="train_dcgan",
     )
     EpochGrids.publish(cfg.epochs)
     write_history(HISTORY_CSV, per_epoch(result.history, cfg.collapse_threshold))
     save_grid(to_uint8(generate(result.sampler, grids.fixed_noise)), FINAL_GRID)
     checkpoint.save_weights(GENERATOR_WEIGHTS, result.sampler.state_dict())
-    checkpoint.save_weights(DISCRIMINATOR_WEIGHTS, discriminator.state_dict())
+    checkpoint.save_weights(DISCRIMINATOR_WEIGHTS, run.discriminator.state_dict())
     metrics = summary(result.history, result.watch, cfg.epochs)
     write_json(TRAIN_METRICS, metrics)
     log.info("dcgan on %s: %d epochs (%d run now, %.1f s), %d steps, nan_steps %d, d_collapse_steps %d "
-             "(longest %d, alerts %d)", meta["dataset"], cfg.epochs, result.epochs_run,
+             "(longest %d, alerts %d)", run.meta["dataset"], cfg.epochs, result.epochs_run,
              time.perf_counter() - started, metrics["steps"], metrics["nan_steps"], metrics["d_collapse_steps"],
              metrics["d_collapse_longest"], metrics["d_collapse_alerts"])
