@@ -5,6 +5,8 @@
 # make snakemake-touch (after dvc pull / dvc checkout: Snakemake takes DVC's outputs as they are).
 # make bench: the performance figures against the references (python -m dlpipe.bench:
 # reports/bench.json and a table; about 16 minutes on 2 cores; BENCH_ARGS=--quick for a check).
+# make seeds: the headline metrics of the default params over seeds 42, 1, 2, 3 (every split seed
+# too), each a clean-state dvc repro, two at once (python -m dlpipe.bench.seeds: reports/seeds.json).
 
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -16,8 +18,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export OMP_WAIT_POLICY := PASSIVE
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SEEDS_ARGS ?=
 
-.PHONY: setup run test test-slow snakemake snakemake-touch bench clean
+.PHONY: setup run test test-slow snakemake snakemake-touch bench seeds clean
 
 setup: $(STAMP)
 
@@ -55,6 +58,9 @@ snakemake-touch: setup
 # and runs the whole pipeline once more in a clean temporary copy.
 bench: setup
 	$(BIN)/python -m dlpipe.bench $(BENCH_ARGS)
+
+seeds: setup
+	$(BIN)/python -m dlpipe.bench.seeds $(SEEDS_ARGS)
 
 clean:
 	rm -rf $(VENV) .snakemake logs
