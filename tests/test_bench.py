@@ -231,3 +231,29 @@ def test_incremental_bar_allows_skipped_downstream_but_nothing_outside():
     assert not summary.only_downstream(["report"], expected)  # the changed stage itself must run
     assert not summary.only_downstream(["prepare_houses", *expected], expected)  # an upstream stage reran
     assert not summary.only_downstream([], expected)
+
+
+def test_seeds_summary_covers_every_headline_and_leaves_failed_runs_out():
+    from dlpipe.bench import seeds
+
+    keys = [key for keys in seeds.HEADLINES.values() for key in keys]
+    runs = [{"seed": s, "ok": True, "metrics": {key: s * (i + 1) / 10 for i, key in enumerate(keys)}}
+            for s in (1, 2, 4)] + [{"seed": 9, "ok": False, "error": "boom"}]
+    summary = seeds.summarise(runs)
+    assert list(summary) == keys
+    for i, key in enumerate(keys):
+        values = [1 * (i + 1) / 10, 2 * (i + 1) / 10, 4 * (i + 1) / 10]
+        mean = sum(values) / 3
+        sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5  # sample sd, n - 1
+        assert summary[key] == {"n": 3, "mean": pytest.approx(mean), "sd": pytest.approx(sd),
+                                "min": values[0], "max": values[2]}
+    # Every seed key of the default params is varied, and --threads reaches every stage.
+    overrides = seeds.seed_overrides(REPO, 7, threads=1)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert {key: overrides[key] for key in seeds.SEED_KEYS} == dict.fromkeys(seeds.SEED_KEYS, 7)
+    assert {key for key in overrides if key.startswith("threads.")} == {f"threads.{n}" for n in raw["threads"]}
+    for key in seeds.SEED_KEYS:  # each names a key the default params have, an integer seed
+        node = raw
+        for part in key.split("."):
+            node = node[part]
+        assert isinstance(node, int), key

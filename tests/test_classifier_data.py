@@ -36,7 +36,7 @@ ARCHIVE = "cifar-10-python.tar.gz"
 
 def make_params(folder: Path, overrides: dict):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in {"device": "cpu", "threads": 1, **overrides}.items():
+    for key, value in {"device": "cpu", **overrides}.items():
         set_key(raw, key, value)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

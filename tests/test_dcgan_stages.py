@@ -21,7 +21,7 @@ from dlpipe.data import gan_images
 from dlpipe.errors import PipelineError
 from dlpipe.models.dcgan import Discriminator, Generator
 from dlpipe.stages import (evaluate_dcgan, fetch_classifier, prepare_classifier, prepare_gan, train_dcgan,
-                           train_lenet)
+                           train_fid_lenet)
 from dlpipe.stages._dcgan import build_networks
 from dlpipe.training import checkpoint
 from test_classifier_data import make_params
@@ -99,7 +99,7 @@ def test_channels_and_resize():
 # --------------------------------------------------------------------------- tiny real runs
 
 
-TINY = {"lenet.train.lr": 0.05, "lenet.train.epochs": 2, "lenet.train.max_batches": 5,
+TINY = {"dcgan.feature_net.train.epochs": 2, "dcgan.feature_net.train.max_batches": 5,
         "dcgan.model.ngf": 8, "dcgan.model.ndf": 8, "dcgan.model.nz": NZ,
         "dcgan.train.epochs": 2, "dcgan.train.max_batches": 3, "dcgan.train.grid_images": 16,
         "dcgan.evaluate.fid_max_samples": 100, "dcgan.evaluate.class_samples": 200}
@@ -107,18 +107,18 @@ TINY = {"lenet.train.lr": 0.05, "lenet.train.epochs": 2, "lenet.train.max_batche
 
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory) -> Path:
-    """The classifier data and a (briefly) trained LeNet, once for the module."""
+    """The classifier data and a (briefly) trained metric LeNet, once for the module."""
     root = tmp_path_factory.mktemp("gan_base")
     with cwd(root):
         params = make_params(root, TINY)
-        for stage in (fetch_classifier, prepare_classifier, train_lenet):
+        for stage in (fetch_classifier, prepare_classifier, train_fid_lenet):
             stage.main(params)
     return root
 
 
 def workspace(classifier_run: Path, dest: Path, overrides: dict | None = None):
-    """A fresh folder holding the classifier data and LeNet, with params."""
-    for rel in ("data/prepared/classifier", "models/lenet.pt"):
+    """A fresh folder holding the classifier data and the metric LeNet, with params."""
+    for rel in ("data/prepared/classifier", "models/fid_lenet.pt"):
         src = classifier_run / rel
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / rel)

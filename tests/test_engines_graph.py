@@ -109,17 +109,16 @@ def test_snakemake_dry_run_plans_one_job_per_stage_with_all_on_top(tmp_path):
     out = _run("snakemake", "-n", "--forceall", "--cores", "2", cwd=_snakemake_sandbox(tmp_path))
     rules = re.findall(r"^\s*(?:local)?rule (\w+):", out, flags=re.M)
     assert sorted(rules) == sorted(expected_graph()[0] | {"all"})
-    # The profile's set-threads reach the jobs (and so OMP_NUM_THREADS).
-    out = _run("snakemake", "-n", "--forceall", "--workflow-profile", "workflow/profiles/local", cwd=tmp_path)
+    # Each rule reserves the threads params.yaml declares for its stage (threads.<stage>):
+    # Snakemake prints a threads line for every job above 1 thread.
     threads = dict(re.findall(r"rule (\w+):\n(?:\s+\w+:.*\n)*?\s+threads: (\d+)", out))
-    # (Every stage the profile gives more than one thread, read from the profile itself so that
-    # a model's new stages need no edit here.)
-    profile = yaml.safe_load((REPO / "workflow/profiles/local/config.yaml").read_text())
-    expected = {name: str(n) for name, n in profile["set-threads"].items() if n > 1}
-    assert {"train_houses", "train_lenet", "train_transfer_finetune"} <= set(expected)
-    # train_dcgan is given 1 core on purpose (1 thread ran 1.7x faster than 2): no threads line.
-    assert profile["set-threads"]["train_dcgan"] == 1 and "train_dcgan" not in threads
-    assert threads == expected
+    declared = yaml.safe_load((REPO / "params.yaml").read_text())["threads"]
+    assert set(declared) == expected_graph()[0]
+    assert {"train_houses", "train_lenet", "train_transfer_finetune"} <= {n for n, c in declared.items() if c > 1}
+    assert threads == {name: str(count) for name, count in declared.items() if count > 1}
+    # ...and the local profile sets none of its own: the declaration is the only one.
+    out = _run("snakemake", "-n", "--forceall", "--workflow-profile", "workflow/profiles/local", cwd=tmp_path)
+    assert dict(re.findall(r"rule (\w+):\n(?:\s+\w+:.*\n)*?\s+threads: (\d+)", out)) == threads
 
 
 def test_parse_dot_reads_both_dialects():

@@ -128,6 +128,10 @@ def small_workflow(dest: Path) -> Path:
     stages = {name: {"cmd": f"python record.py {name} 2", "deps": ["record.py"], "outs": [f"out/{name}.json"]}
               for name in GPU_JOBS + ("cpu_only",)}
     (dest / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    # Every stage declares its threads (the adapter refuses entries for stages it does not have).
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    raw["threads"] = dict.fromkeys(stages, 1)
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return dest
 
 

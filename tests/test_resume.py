@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import engine_env, same_tree, write_params
 from dlpipe.workflow_graph import load_stages
@@ -34,6 +35,8 @@ STAGES = {
     "train_houses": ({"houses.train.epochs": EPOCHS}, "checkpoints/houses", "submission_houses"),
     "train_lenet": ({"lenet.train.epochs": EPOCHS, "lenet.train.max_batches": 4}, "checkpoints/lenet",
                     "evaluate_lenet"),
+    "train_fid_lenet": ({"dcgan.feature_net.train.epochs": EPOCHS, "dcgan.feature_net.train.max_batches": 4},
+                        "checkpoints/fid_lenet", None),
     "pretrain_transfer_backbone": ({"transfer.pretrain.train.epochs": EPOCHS,
                                     "transfer.pretrain.train.max_batches": 3},
                                    "checkpoints/transfer_backbone", None),
@@ -62,7 +65,7 @@ def files_under(root: Path, rels) -> dict[str, bytes]:
 
 
 def dlpipe(stage: str, root: Path, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = engine_env(PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1")
+    env = engine_env(PYTHONPATH=str(root / "src"))
     env.pop("DLPIPE_FAULT", None)
     if fault:
         env["DLPIPE_FAULT"] = fault
@@ -180,3 +183,14 @@ def test_other_params_start_afresh_and_say_so(base, tmp_path):
     assert "checkpoints/houses/last.pt was made with other params; starting afresh" in log
     assert "resuming" not in log
     assert checkpoint_epoch(root, "train_houses") == EPOCHS
+
+
+def test_another_thread_count_starts_afresh_and_says_so(base, tmp_path):
+    """threads.<stage> is part of the checkpoint's identity: another count gives other bits."""
+    root = fresh_workspace(base, tmp_path / "w", "train_houses")
+    killed(dlpipe("train_houses", root, fault="epoch_end:1"))
+    declared = yaml.safe_load((root / "params.yaml").read_text())["threads"]["train_houses"]
+    write_params(root / "params.yaml", {"threads.train_houses": 1 if declared > 1 else 2})
+    clear_outputs(root, "train_houses")
+    log = ok(dlpipe("train_houses", root))
+    assert "checkpoints/houses/last.pt was made with other params; starting afresh" in log

@@ -48,6 +48,7 @@ from dlpipe.workflow_graph import load_stages, produced_by
 
 pytestmark = pytest.mark.slurm
 
+REPO = Path(__file__).resolve().parents[1]
 WHY_NOT = slurm_cluster.why_not()
 OUTPUT_ROOTS = ("data", "models", "reports", "checkpoints")
 ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}
@@ -107,7 +108,10 @@ def megabytes(req_mem: str) -> int:
 def requested(profile: dict, stage: str) -> dict:
     """What the SLURM profile asks for ``stage``: cpus, mem_mb, runtime (minutes), gpu."""
     resources = dict(profile.get("default-resources", {}), **profile.get("set-resources", {}).get(stage, {}))
-    return {"cpus": profile.get("set-threads", {}).get(stage, 1), "mem_mb": resources["mem_mb"],
+    # cpus: the rule's threads, params.yaml's threads.<stage> (the profile sets none)
+    assert "set-threads" not in profile
+    cpus = yaml.safe_load((REPO / "params.yaml").read_text())["threads"][stage]
+    return {"cpus": cpus, "mem_mb": resources["mem_mb"],
             "runtime": resources["runtime"], "gpu": resources.get("gpu", 0)}
 
 

@@ -33,6 +33,8 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from dlpipe.config import load_params
     from dlpipe.errors import PipelineError
+    from dlpipe.runtime import pin_threads
+    from dlpipe.workflow_graph import check_thread_keys, stage_threads
 
     stages = available_stages()
     parser = argparse.ArgumentParser(prog="python -m dlpipe", description=__doc__)
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         params = load_params(args.params)
+        check_thread_keys(params.raw, stages, args.params)
+        threads = stage_threads(params.raw, args.stage, args.params)
+        pin_threads(args.stage, threads)
         module = importlib.import_module(f"dlpipe.stages.{args.stage}")
         module.main(params)
     except PipelineError as exc:

@@ -197,7 +197,6 @@ class DCGANTrain:
     cutout: float  # DiffAugment: side of the background square cut from what D sees, fraction of the side; 0 = off
     r1_gamma: float  # weight of the R1 gradient penalty on real images in D's loss; 0 = off (the seed's step)
     r1_interval: int  # the penalty on every this-many-th D step, times this many (lazy R1); 1 = every step
-    threads: int  # torch threads of train_dcgan when the engine grants none; 0 = the top-level ``threads``
     max_batches: int | None = None
 
 
@@ -209,11 +208,23 @@ class DCGANEvaluate:
 
 
 @dataclass(frozen=True)
+class FeatureNet:
+    """The LeNet of the DCGAN's metrics (train_fid_lenet): its own seed and recipe,
+    so that no other experiment's knob moves the FID's feature space."""
+
+    seed: int
+    model: LeNetArch
+    augment: Augment
+    train: Train
+
+
+@dataclass(frozen=True)
 class DCGANModel:
     image_size: int  # 32 | 64; the networks' depth follows it
     model: DCGANArch
     train: DCGANTrain
     evaluate: DCGANEvaluate
+    feature_net: FeatureNet
 
 
 @dataclass(frozen=True)
@@ -250,7 +261,7 @@ class Accel:
 class Params:
     seed: int
     device: str
-    threads: int
+    threads: dict[str, int]  # torch threads per stage name (dlpipe.workflow_graph.stage_threads)
     accel: Accel
     data: Data
     prepare: Prepare

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 
 from dlpipe.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 
 def select_device(name: str) -> torch.device:
@@ -32,18 +35,24 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def stage_threads(configured: int) -> int:
-    """Threads for this stage: the engine's grant (Snakemake exports OMP_NUM_THREADS
-    as the rule's ``threads``), else params ``threads``, else every core."""
+def pin_threads(stage: str, count: int) -> None:
+    """Run torch on the declared ``count`` (params.yaml ``threads.<stage>``).
+
+    The engine's grant (Snakemake exports OMP_NUM_THREADS as the rule's
+    ``threads``; ``--cores 1`` or a profile's ``set-threads`` can lower or raise
+    it) is noted but not followed: float sums split over another number of
+    threads differ in the last bits, and a stage's outputs must not depend on
+    which engine ran it.
+    """
     granted = os.environ.get("OMP_NUM_THREADS", "")
-    if granted.isdigit() and int(granted) > 0:
-        return int(granted)
-    return configured if configured > 0 else (os.cpu_count() or 1)
+    if granted.isdigit() and int(granted) != count:
+        log.info("%s: torch threads %d (params.yaml threads.%s), not the engine's %s: results must not depend "
+                 "on the engine", stage, count, stage, granted)
+    torch.set_num_threads(count)
 
 
-def setup(seed: int, device_name: str, threads: int) -> torch.device:
-    """Seed every RNG, pin torch's thread count and choose the device."""
-    torch.set_num_threads(stage_threads(threads))
+def setup(seed: int, device_name: str) -> torch.device:
+    """Seed every RNG and choose the device (threads: pin_threads, called by ``python -m dlpipe``)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

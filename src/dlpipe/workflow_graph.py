@@ -109,6 +109,28 @@ def resolve_params(keys: tuple[str, ...] | list[str], config: dict) -> dict[str,
     return resolved
 
 
+def stage_threads(config: dict, stage: str, source: str = "params.yaml") -> int:
+    """Torch threads of ``stage``: params.yaml's ``threads.<stage>``, the one
+    declaration that ``python -m dlpipe`` applies and the Snakefile turns into
+    the rule's ``threads`` (so both engines run a stage on the same count)."""
+    declared = config.get("threads")
+    if not isinstance(declared, dict) or stage not in declared:
+        raise PipelineError(f"{source}: 'threads.{stage}' not found; expected the torch thread count of stage "
+                            f"{stage} (an integer from 1 to 1024)")
+    count = declared[stage]
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1024:
+        raise PipelineError(f"{source}: 'threads.{stage}': {str(count)[:40]!r}; expected an integer from 1 to 1024")
+    return count
+
+
+def check_thread_keys(config: dict, stage_names: list[str], source: str = "params.yaml") -> None:
+    """A ``threads`` entry that names no stage is a typo that would silently do nothing."""
+    unknown = sorted(set(config.get("threads") or {}) - set(stage_names))
+    if unknown:
+        raise PipelineError(f"{source}: unknown key 'threads.{unknown[0]}'; expected a stage name "
+                            f"(one of: {', '.join(stage_names)})")
+
+
 def produced_by(stages: list[Stage]) -> dict[str, str]:
     """{output path: stage name}: the edges of the graph run from these."""
     return {out: stage.name for stage in stages for out in stage.outs}

@@ -1,7 +1,8 @@
 # One rule per dvc.yaml stage. Input = deps, output = outs + metrics + plots
 # (persisted outs left out), params = the stage's params.yaml values, so that a
 # changed value, like a changed command, reruns the rule as `dvc repro` would.
-from dlpipe.workflow_graph import load_stages, produced_by, resolve_params, is_directory, source_files
+from dlpipe.workflow_graph import (check_thread_keys, is_directory, load_stages, produced_by, resolve_params,
+                                   source_files, stage_threads)
 import os
 
 # GPUs on this machine: every job runs its command through dlpipe.gpu_slots,
@@ -19,6 +20,7 @@ onstart:
 # dvc.yaml sits beside the Snakefile; job paths are relative to the working
 # directory, which is the repository root when run as documented.
 STAGES = load_stages(workflow.basedir + "/dvc.yaml")
+check_thread_keys(config, [stage.name for stage in STAGES])
 PRODUCED = produced_by(STAGES)
 CONSUMED = {dep for stage in STAGES for dep in stage.deps}
 # rule all asks for what no stage consumes: the ends of the graph.
@@ -58,9 +60,11 @@ for _stage in STAGES:
             },
         log:
             f"logs/{_stage.name}.log",
-        # Default 1; the profiles raise it per stage (set-threads). Snakemake
-        # exports OMP_NUM_THREADS=threads, which dlpipe.runtime hands to torch.
-        threads: 1
+        # params.yaml threads.<stage>: the count the stage itself pins torch to
+        # (dlpipe.runtime.pin_threads), so Snakemake reserves exactly those cores.
+        # --cores or a profile's set-threads may grant fewer or more; the stage
+        # keeps its declared count (its results must not depend on the engine).
+        threads: stage_threads(config, _stage.name)
         # Default none; the profiles give the stages that train or evaluate one.
         resources:
             gpu=0,

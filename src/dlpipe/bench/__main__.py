@@ -91,7 +91,7 @@ def run_parts(args: argparse.Namespace, parts: list[str], log=print) -> tuple[di
     repeats = args.repeats or (1 if args.quick else 5)
     stage_repeats = args.stage_repeats or (1 if args.quick else 3)
     params = load_params(args.params)
-    device = runtime.setup(params.seed, args.device or params.device, params.threads)
+    device = runtime.setup(params.seed, args.device or params.device)
     log(f"bench: parts {', '.join(parts)}; device {device}, {torch.get_num_threads()} torch threads, "
         f"{os.cpu_count()} CPUs; repeats {repeats}{' (quick)' if args.quick else ''}")
     results, seconds, errors = {}, {}, {}

@@ -8,7 +8,7 @@ epochs, scores the sampler with evaluate_dcgan's FID: the same LeNet features,
 the same N real images and noise, the same untrained-generator ceiling. One
 run shows where the FID settles, which the pipeline's single end-of-training
 figure cannot. Needs a finished default run in the working directory
-(data/prepared/gan, models/lenet.pt); writes only ``--out``.
+(data/prepared/gan, models/fid_lenet.pt); writes only ``--out``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dlpipe.report.fid import frechet_distance
 from dlpipe.report.sample_grid import to_uint8
 from dlpipe.stages import evaluate_dcgan
 from dlpipe.stages._dcgan import build_networks, generate
-from dlpipe.stages.train_dcgan import setup_training, torch_threads, train
+from dlpipe.stages.train_dcgan import setup_training, train
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ def parse_overrides(items: list[str]) -> dict:
 def fid_trace(params: Params, every: int) -> dict:
     """Train with ``params``; the FID of the sampler (the EMA when on) and of the raw generator
     every ``every`` epochs and after the last one."""
-    threads = torch_threads(params)
-    device = runtime.setup(params.seed, params.device, threads)
+    threads = params.threads["train_dcgan"]
+    runtime.pin_threads("train_dcgan", threads)
+    device = runtime.setup(params.seed, params.device)
     cfg = params.dcgan.train
     run = setup_training(params, device)
     features, _ = evaluate_dcgan.lenet_features(params, device)
@@ -76,7 +77,7 @@ def fid_trace(params: Params, every: int) -> dict:
     return {"fid_ceiling": ceiling, "fid_samples": len(real), "trace": trace,
             "last_epoch_d_x": sum(r["d_x"] for r in last) / len(last),
             "last_epoch_d_g_z": sum(r["d_g_z1"] for r in last) / len(last),
-            "threads": runtime.stage_threads(threads)}
+            "threads": threads}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,8 +114,8 @@ def pipeline_to_accuracy(params: Params, meta: dict, target: float, device: torc
     lr = lr_finder.resolve_lr(cfg.lr, LR_FIND_JSON, "lenet.train.lr")
     task = classification()
     start = time.perf_counter()
-    train, test = train_loader(params, meta, device), eval_loader("test", meta, device)
-    model = build_model(params, len(meta["class_names"]), device)
+    train, test = train_loader(params.lenet, params.seed, meta, device), eval_loader("test", meta, device)
+    model = build_model(params.lenet, params.seed, len(meta["class_names"]), device)
     optimizer = build_optimizer(model.parameters(), cfg, lr)
     scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
     accuracy, epoch = 0.0, 0
@@ -135,8 +135,8 @@ def time_range_test(params: Params, meta: dict, device: torch.device) -> float:
     from dlpipe.training.lr_finder import range_test
 
     start = time.perf_counter()
-    loader = train_loader(params, meta, device, capped=False)
-    model = build_model(params, len(meta["class_names"]), device)
+    loader = train_loader(params.lenet, params.seed, meta, device, capped=False)
+    model = build_model(params.lenet, params.seed, len(meta["class_names"]), device)
     optimizer = build_optimizer(model.parameters(), params.lenet.train, lr=params.lr_find.lenet.start_lr)
     range_test(model, optimizer, classification().loss_fn, loader, params.lr_find.lenet, device)
     return time.perf_counter() - start

@@ -151,9 +151,9 @@ def stage_workload(name: str, params, device: torch.device) -> Workload:
         from dlpipe.stages import _lenet
 
         meta, cfg = load_meta(), params.lenet.train
-        loader = _lenet.train_loader(params, meta, device, capped=False)
+        loader = _lenet.train_loader(params.lenet, params.seed, meta, device, capped=False)
         return loop_workload(name, loader, classification().loss_fn, lambda: (
-            model := _lenet.build_model(params, len(meta["class_names"]), device),
+            model := _lenet.build_model(params.lenet, params.seed, len(meta["class_names"]), device),
             build_optimizer(model.parameters(), cfg, FIXED_LR[name])), device)
     if name in ("transfer_head", "transfer_finetune"):
         from dlpipe.data.transfer_images import load_meta

@@ -31,16 +31,15 @@ from typing import Callable, Iterator
 import torch
 
 from dlpipe.bench.timing import alternate, medians, quiet, ratio, variant_params
-from dlpipe.runtime import stage_threads
 
 # Time-to-accuracy settings of the pipeline for digits (params.yaml keys; not the defaults,
 # which train 60 epochs for the best final accuracy). Reproduce one with `dvc exp run -S key=value ...`.
-# ``threads`` is the top-level key (torch threads under dvc repro; Snakemake's grant wins over it).
+# ``threads.train_lenet``: the stage's torch threads under either engine.
 TIME_TO_ACCURACY = {"lenet.train.optimizer": "adam", "lenet.train.lr": 0.01, "lenet.train.batch_size": 32,
                     "lenet.train.epochs": 1, "lenet.augment.crop_padding": 0}
 LENET_VARIANTS = {
     "time_to_accuracy": TIME_TO_ACCURACY,
-    "time_to_accuracy_1_thread": {**TIME_TO_ACCURACY, "threads": 1},
+    "time_to_accuracy_1_thread": {**TIME_TO_ACCURACY, "threads.train_lenet": 1},
     "time_to_accuracy_augmented": {"lenet.train.optimizer": "adam", "lenet.train.lr": 0.006,
                                    "lenet.train.batch_size": 32, "lenet.train.epochs": 2},
 }
@@ -87,7 +86,7 @@ def lenet_vs_seed(params, device: torch.device, repeats: int, variants: dict | N
 
     def pipeline(p):
         def run():
-            with torch_threads(stage_threads(p.threads)):  # the threads the stage would use
+            with torch_threads(p.threads["train_lenet"]):  # the threads the stage would use
                 return pipeline_to_accuracy(p, meta, target, device)
         return run
 
@@ -112,7 +111,7 @@ def lenet_vs_seed(params, device: torch.device, repeats: int, variants: dict | N
         record.setdefault("configs", {})[name] = {
             "overrides": variants.get(name.removeprefix("pipeline_"), {}), "reached": reached,
             "epochs": last["epochs"], "test_accuracy": last["test_accuracy"], "lr": last["lr"],
-            "threads": stage_threads(configs[name].threads)}
+            "threads": configs[name].threads["train_lenet"]}
         log(f"  lenet {name}: {mid[name]:.3f} s to {target:.4f} ({last['epochs']} epoch(s), reached {reached}); "
             f"seed {record['best_reference']} {mid[record['best_reference']]:.3f} s -> "
             f"{record['speedup'][name]['vs_best_reference'] or 0:.2f}x (as written: "

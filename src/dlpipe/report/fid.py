@@ -1,7 +1,7 @@
 """Fréchet distance between image sets in the feature space of a network trained here.
 
 Inception weights cannot be downloaded on an offline machine, so the DCGAN is
-measured in the penultimate (84-d) layer of the pipeline's LeNet. The
+measured in the penultimate (84-d) layer of a LeNet trained for it (train_fid_lenet). The
 distance itself is torchmetrics' ``FrechetInceptionDistance`` with that
 network as its ``feature`` module: a maintained implementation (float64
 moments, the trace of the matrix square root from eigenvalues) rather than a

@@ -1,5 +1,8 @@
 """What the LeNet stages share: paths, loaders over the prepared uint8 images
-(batched augmentation and normalisation as the loader's batch hook) and the model."""
+(batched augmentation and normalisation as the loader's batch hook) and the model.
+
+``net`` is a params section with ``model``, ``augment`` and ``train``: ``lenet``
+(train_lenet) or ``dcgan.feature_net`` (train_fid_lenet, the DCGAN's metric network)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dlpipe.config import Augment, Params
+from dlpipe.config import Augment, FeatureNet, LeNetModel
 from dlpipe.data.augment import EvalTransform, Normalize, TrainTransform
 from dlpipe.data.classifier_prepared import load_split
 from dlpipe.data.loaders import TensorLoader
@@ -28,13 +31,14 @@ def normalizer(meta: dict, device: torch.device) -> Normalize:
     return Normalize(meta["mean"], meta["std"], device)
 
 
-def train_loader(params: Params, meta: dict, device: torch.device, capped: bool = True) -> TensorLoader:
+def train_loader(net: LeNetModel | FeatureNet, seed: int, meta: dict, device: torch.device,
+                 capped: bool = True) -> TensorLoader:
     """Augmented, normalised, shuffled training batches; ``capped`` applies
-    ``lenet.train.max_batches`` (the LR range test counts its own steps)."""
-    cfg, augment = params.lenet.train, params.lenet.augment
+    ``train.max_batches`` (the LR range test counts its own steps)."""
+    cfg, augment = net.train, net.augment
     train = load_split("train", device)
     transform = TrainTransform(normalizer(meta, device), augment.crop_padding, flip_enabled(augment, meta["dataset"]))
-    return TensorLoader(train["images"], train["labels"], cfg.batch_size, shuffle=True, seed=params.seed,
+    return TensorLoader(train["images"], train["labels"], cfg.batch_size, shuffle=True, seed=seed,
                         transform=transform, max_batches=cfg.max_batches if capped else None)
 
 
@@ -43,8 +47,9 @@ def eval_loader(split: str, meta: dict, device: torch.device) -> TensorLoader:
     return TensorLoader(data["images"], data["labels"], EVAL_BATCH, transform=EvalTransform(normalizer(meta, device)))
 
 
-def build_model(params: Params, num_classes: int, device: torch.device, seeded: bool = True) -> LeNet:
+def build_model(net: LeNetModel | FeatureNet, seed: int, num_classes: int, device: torch.device,
+                seeded: bool = True) -> LeNet:
     if seeded:
-        torch.manual_seed(params.seed)  # same initial weights for the range test and training
-    arch = params.lenet.model
+        torch.manual_seed(seed)  # same initial weights for the range test and training
+    arch = net.model
     return LeNet(num_classes, tuple(arch.channels), tuple(arch.hidden)).to(device)

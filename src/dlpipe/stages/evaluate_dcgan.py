@@ -1,7 +1,9 @@
 """Stage evaluate_dcgan: an offline quality measure of the trained generator.
 
 Inception weights cannot be downloaded here, so the Fréchet distance is taken
-in the penultimate (84-d) layer of the pipeline's LeNet (models/lenet.pt),
+in the penultimate (84-d) layer of a LeNet trained for this purpose alone
+(train_fid_lenet: models/fid_lenet.pt, its own fixed params
+``dcgan.feature_net``, so that no ``lenet.*`` experiment moves the metric),
 between N generated images and N real images that LeNet never saw in
 training (data/prepared/gan's real pool: for digits, the classifier's val
 and test splits, 538 images). Beside it, on the same N:
@@ -44,7 +46,7 @@ from dlpipe.stages._dcgan import (CLASS_NOISE_OFFSET, EVAL_NOISE_OFFSET, GENERAT
 from dlpipe.training.checkpoint import load_into
 
 log = logging.getLogger(__name__)
-LENET_WEIGHTS = Path("models/lenet.pt")  # train_lenet's output (not imported: _lenet pulls in its loaders)
+FEATURE_WEIGHTS = Path("models/fid_lenet.pt")  # train_fid_lenet's output (not imported: it pulls in the loop)
 METRICS = Path("reports/metrics/dcgan.json")
 FID_RECORD = Path("reports/fid/dcgan.json")
 CLASS_HISTOGRAM = Path("reports/plots/dcgan/class_histogram.csv")
@@ -53,9 +55,9 @@ BATCH = 500
 
 def lenet_features(params: Params, device: torch.device) -> tuple[LeNetFeatures, list[str]]:
     meta = cp.load_meta()
-    arch = params.lenet.model
+    arch = params.dcgan.feature_net.model
     lenet = LeNet(len(meta["class_names"]), tuple(arch.channels), tuple(arch.hidden)).to(device)
-    load_into(lenet, LENET_WEIGHTS)
+    load_into(lenet, FEATURE_WEIGHTS)
     return LeNetFeatures(lenet, meta["mean"], meta["std"]).to(device), meta["class_names"]
 
 
@@ -97,7 +99,7 @@ def eval_noise(params: Params, n: int, device: torch.device) -> torch.Tensor:
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     cfg, nz = params.dcgan.evaluate, params.dcgan.model.nz
     meta = load_meta()
     features, class_names = lenet_features(params, device)
@@ -129,8 +131,9 @@ def main(params: Params) -> None:
         metrics["fid_inception"] = inception_distance(real_a, fake)
         metrics["fid_inception_floor"] = inception_distance(real_a, real_b)
     record = {
-        "feature_network": f"{LENET_WEIGHTS} (LeNet {list(params.lenet.model.channels)}/"
-                           f"{list(params.lenet.model.hidden)}), penultimate layer, {features.num_features} features",
+        "feature_network": f"{FEATURE_WEIGHTS} (LeNet {list(params.dcgan.feature_net.model.channels)}/"
+                           f"{list(params.dcgan.feature_net.model.hidden)}, train_fid_lenet), penultimate layer, "
+                           f"{features.num_features} features",
         "implementation": "torchmetrics.image.fid.FrechetInceptionDistance(feature=<that LeNet>)",
         "image_path": "uint8 pictures (generated ones quantised like a saved PNG) -> 3 channels, 32 x 32, "
                       "normalised by the classifier's training-split mean and std",

@@ -37,10 +37,10 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(0, params.device, params.threads)  # nothing random here
+    device = runtime.setup(0, params.device)  # nothing random here
     meta = load_meta()
     names = meta["class_names"]
-    model = build_model(params, len(names), device, seeded=False)
+    model = build_model(params.lenet, params.seed, len(names), device, seeded=False)
     load_into(model, WEIGHTS)
 
     outputs, actual = predict(model, eval_loader("test", meta, device))

@@ -28,7 +28,7 @@ MAX_SHOWN = 36
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(0, params.device, params.threads)  # nothing random here
+    device = runtime.setup(0, params.device)  # nothing random here
     meta = load_meta()
     names, files = meta["class_names"], meta["files"]["val"]
     loader = val_loader(params, device)

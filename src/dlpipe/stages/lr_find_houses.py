@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     train_loader, _ = loaders(params, device)
     model = build_model(params, train_loader, device)
     cfg = params.lr_find.houses

@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     meta = load_meta()
-    loader = train_loader(params, meta, device, capped=False)
-    model = build_model(params, len(meta["class_names"]), device)
+    loader = train_loader(params.lenet, params.seed, meta, device, capped=False)
+    model = build_model(params.lenet, params.seed, len(meta["class_names"]), device)
     cfg = params.lenet.train
     optimizer = build_optimizer(model.parameters(), cfg, lr=params.lr_find.lenet.start_lr)
     record = lr_finder.range_test(model, optimizer, classification().loss_fn, loader, params.lr_find.lenet, device)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     meta = load_meta()
     cfg, sweep = params.transfer.finetune.train, params.lr_find.transfer_finetune
     loader = train_loader(params, cfg, device, capped=False)

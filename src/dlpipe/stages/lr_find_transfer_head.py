@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     meta = load_meta()
     cfg = params.transfer.head.train
     loader = train_loader(params, cfg, device, capped=False)

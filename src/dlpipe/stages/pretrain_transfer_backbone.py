@@ -30,7 +30,7 @@ CHECKPOINT = CHECKPOINTS / "transfer_backbone" / "last.pt"
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     cfg = params.transfer.pretrain
     meta = load_meta()
     train, val = load_split("train", device), load_split("val", device)

@@ -49,7 +49,7 @@ def predict_log_price(model: HouseMLP, x: torch.Tensor) -> np.ndarray:
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(0, params.device, params.threads)
+    device = runtime.setup(0, params.device)
     val, test = load_split("val", device), load_split("test", device)
     model = HouseMLP(val["x"].shape[1], params.houses.model.hidden).to(device)
     load_into(model, WEIGHTS)

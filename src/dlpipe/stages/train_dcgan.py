@@ -129,11 +129,6 @@ def setup_training(params: Params, device: torch.device) -> Setup:
                  DiffAugment(cfg.translation, cfg.cutout, noise_generator), meta)
 
 
-def torch_threads(params: Params) -> int:
-    """This stage's thread count when the engine grants none: dcgan.train.threads, else the top-level one."""
-    return params.dcgan.train.threads or params.threads
-
-
 def train(run: Setup, params: Params, **options) -> GanResult:
     """fit_gan with the params' settings; ``options``: checkpoint, history, epoch hook, name."""
     cfg = params.dcgan.train
@@ -144,7 +139,7 @@ def train(run: Setup, params: Params, **options) -> GanResult:
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, torch_threads(params))
+    device = runtime.setup(params.seed, params.device)
     cfg, arch = params.dcgan.train, params.dcgan.model
     run = setup_training(params, device)
     grids = EpochGrids(noise(cfg.grid_images, arch.nz, params.seed + FIXED_NOISE_OFFSET, device))

@@ -23,7 +23,7 @@ HISTORY = Path("reports/plots/houses/history.csv")
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     cfg = params.houses.train
     lr = lr_finder.resolve_lr(cfg.lr, LR_FIND_JSON, "houses.train.lr")
     train_loader, val_loader = loaders(params, device)

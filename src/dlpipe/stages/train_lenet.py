@@ -27,12 +27,12 @@ HISTORY = Path("reports/plots/lenet/history.csv")
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     cfg = params.lenet.train
     lr = lr_finder.resolve_lr(cfg.lr, LR_FIND_JSON, "lenet.train.lr")
     meta = load_meta()
-    train, val = train_loader(params, meta, device), eval_loader("val", meta, device)
-    model = build_model(params, len(meta["class_names"]), device)
+    train, val = train_loader(params.lenet, params.seed, meta, device), eval_loader("val", meta, device)
+    model = build_model(params.lenet, params.seed, len(meta["class_names"]), device)
     accel = Accel.from_params(params.accel, device)
     accel.prepare(model)
     optimizer = build_optimizer(model.parameters(), cfg, lr)

@@ -26,7 +26,7 @@ CHECKPOINT = CHECKPOINTS / "transfer_finetune" / "last.pt"
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     cfg = params.transfer.finetune.train
     lr = finetune_lr(params)
     meta = load_meta()

@@ -25,7 +25,7 @@ CHECKPOINT = CHECKPOINTS / "transfer_head" / "last.pt"
 
 
 def main(params: Params) -> None:
-    device = runtime.setup(params.seed, params.device, params.threads)
+    device = runtime.setup(params.seed, params.device)
     cfg = params.transfer.head.train
     lr = head_lr(params)
     meta = load_meta()

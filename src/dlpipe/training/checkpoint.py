@@ -33,10 +33,11 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 def run_identity(params_part: str, inputs: list[Path], **values) -> str:
     """What a checkpoint must match to be resumed: the params sections, derived
-    values (such as an ``lr: auto`` resolved to a number), the input files, and
-    the package's code, so a finished checkpoint is never reused after any of
-    them changed."""
+    values (such as an ``lr: auto`` resolved to a number), torch's thread count
+    (another count gives other bits), the input files, and the package's code,
+    so a finished checkpoint is never reused after any of them changed."""
     digest = hashlib.sha256(params_part.encode())
+    values = dict(values, torch_threads=torch.get_num_threads())
     digest.update(json.dumps(values, sort_keys=True, default=str).encode())
     for path in inputs:
         digest.update(sha256_file(path).encode())
