@@ -126,8 +126,9 @@ def test_dcgan_pipeline_step_and_bare_step_compute_the_same():
 def test_incremental_rerun_expected_from_the_graph():
     stages = load_stages(REPO / "dvc.yaml")
     assert pipeline_run.expected_rerun(stages, "houses.train.epochs") == ["train_houses", "submission_houses", "report"]
-    # LeNet's weights feed the DCGAN's FID: its training reruns evaluate_dcgan too.
-    assert "evaluate_dcgan" in pipeline_run.expected_rerun(stages, "lenet.train.lr")
+    # The DCGAN's FID has its own LeNet (train_fid_lenet): LeNet's training knobs leave it alone.
+    assert "evaluate_dcgan" not in pipeline_run.expected_rerun(stages, "lenet.train.lr")
+    assert "evaluate_dcgan" in pipeline_run.expected_rerun(stages, "dcgan.feature_net.train.lr")
     # A key only the training reads leaves its range test alone.
     assert "lr_find_lenet" not in pipeline_run.expected_rerun(stages, "lenet.train.epochs")
     assert "lr_find_lenet" in pipeline_run.expected_rerun(stages, "lenet.train.batch_size")

@@ -164,9 +164,14 @@ MODELS: tuple[Model, ...] = (
         more_metrics=("reports/metrics/dcgan_train.json",),
         params=("data.gan", "dcgan"),
         # per-epoch means (steps.csv, per step, is for `dvc plots`)
-        histories=(History("training", "reports/plots/dcgan/history.csv", train="dcgan.train"),),
+        histories=(History("training", "reports/plots/dcgan/history.csv", train="dcgan.train"),
+                   # the FID's own LeNet (train_fid_lenet): its own figure, its own panels
+                   History("metric LeNet", "reports/plots/fid_lenet/history.csv", ("val_accuracy", "max"),
+                           figure="The FID's feature network (train_fid_lenet)", train="dcgan.feature_net.train")),
         panels=(Panel("losses (BCE), epoch means", ("loss_d", "loss_g")),
-                Panel("discriminator outputs, epoch means", ("d_x", "d_g_z1", "d_g_z2"), log_y=False)),
+                Panel("discriminator outputs, epoch means", ("d_x", "d_g_z1", "d_g_z2"), log_y=False),
+                Panel("metric LeNet: cross-entropy", ("train_loss", "val_loss")),
+                Panel("metric LeNet: validation accuracy", ("val_accuracy",), log_y=False)),
         pictures=(Picture("reports/plots/dcgan/final_grid.png", "Final generator on the fixed noise"),
                   Picture("reports/dcgan", "The fixed noise after each epoch", most=12)),
         extras=(Extra("dcgan_fid", ("reports/fid/dcgan.json",)),
