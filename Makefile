@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SEEDS_ARGS ?=
 
-.PHONY: setup run test test-slow snakemake snakemake-touch bench seeds clean
+.PHONY: setup run test test-slow snakemake snakemake-touch bench seeds generate clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,11 @@ bench: setup
 
 seeds: setup
 	$(BIN)/python -m dlpipe.bench.seeds $(SEEDS_ARGS)
+
+# dvc.yaml is generated from the STAGE declaration in each stage module (dlpipe.declare):
+# run this after adding a stage or changing a declaration or an import.
+generate: setup
+	$(BIN)/python -m dlpipe.declare
 
 clean:
 	rm -rf $(VENV) .snakemake logs

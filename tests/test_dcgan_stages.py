@@ -8,14 +8,17 @@ import contextlib
 import csv
 import json
 import os
-import shutil
 from pathlib import Path
+import shutil
 
+from PIL import Image
 import numpy as np
 import pytest
+from test_classifier_data import make_params
+from test_dcgan import NZ, same
 import torch
-from PIL import Image
 
+from dlpipe import tensor_io
 from dlpipe.bench import gan_sweep
 from dlpipe.data import gan_images
 from dlpipe.errors import PipelineError
@@ -24,8 +27,6 @@ from dlpipe.stages import (evaluate_dcgan, fetch_classifier, prepare_classifier,
                            train_fid_lenet)
 from dlpipe.stages._dcgan import build_networks
 from dlpipe.training import checkpoint
-from test_classifier_data import make_params
-from test_dcgan import NZ, same
 
 
 @contextlib.contextmanager
@@ -177,7 +178,7 @@ def test_fid_of_the_untrained_generator_is_the_ceiling(gan_run, tmp_path, monkey
     shutil.copytree(root, tmp_path / "w")
     monkeypatch.chdir(tmp_path / "w")
     untrained, _ = build_networks(params, 1, torch.device("cpu"))
-    checkpoint.save_weights("models/dcgan_generator.pt", untrained.state_dict())
+    tensor_io.save_weights("models/dcgan_generator.pt", untrained.state_dict())
     evaluate_dcgan.main(params)
     metrics = json.loads(Path("reports/metrics/dcgan.json").read_text())
     assert metrics["fid"] == metrics["fid_ceiling"]

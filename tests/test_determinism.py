@@ -24,6 +24,7 @@ import yaml
 
 from conftest import clone_run, engine_env, write_params
 from dlpipe import runtime
+from dlpipe.config import load_params
 from dlpipe.errors import PipelineError
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.workflow_graph import check_thread_keys, load_stages, stage_threads
@@ -86,13 +87,16 @@ def test_the_declared_count_wins_over_the_engines_grant(monkeypatch, caplog):
 
 
 def test_the_thread_count_is_part_of_a_checkpoints_identity():
+    import dlpipe.stages.train_houses  # noqa: F401  (run_identity reads its STAGE)
+
+    params = load_params(REPO / "params.yaml")
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = run_identity("section", [], lr=0.1)
+        one = run_identity("dlpipe.stages.train_houses", params, [], lr=0.1)
         torch.set_num_threads(2)
-        two = run_identity("section", [], lr=0.1)
-        assert one != two and run_identity("section", [], lr=0.1) == two
+        two = run_identity("dlpipe.stages.train_houses", params, [], lr=0.1)
+        assert one != two and run_identity("dlpipe.stages.train_houses", params, [], lr=0.1) == two
     finally:
         torch.set_num_threads(before)
 

@@ -5,7 +5,6 @@ Nothing here runs a stage: both engines only plan, so no outputs are needed.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dlpipe import declare
 from dlpipe.errors import PipelineError
 from dlpipe.workflow_graph import (
     is_directory,
@@ -221,39 +221,30 @@ def test_source_files_lists_code_not_caches(tmp_path):
     assert source_files("src/missing", root=tmp_path) == ["src/missing"]
 
 
-def dlpipe_imports(module_file: Path) -> set[str]:
-    """The dlpipe modules a source file imports, at any depth of its code."""
-    found = set()
-    for node in ast.walk(ast.parse(module_file.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dlpipe"):
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.startswith("dlpipe"))
-    return found
+def test_dvc_yaml_is_what_the_stage_declarations_generate(tmp_path):
+    """dvc.yaml is generated (dlpipe.declare): a hand edit or a forgotten `make generate` fails here."""
+    check = [sys.executable, "-m", "dlpipe.declare", "--check"]
+    done = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (REPO / "dvc.yaml").read_text().startswith(declare.HEADER)
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text((REPO / "dvc.yaml").read_text().replace("- houses.train\n", "", 1))
+    done = subprocess.run([*check, "--output", str(stale)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "is stale: run `make generate`" in done.stderr
 
 
-def module_file(name: str) -> Path | None:
-    base = REPO / "src" / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None  # a name imported from a module, not a module
-
-
-def test_every_stage_lists_the_code_it_imports_as_deps():
-    """A code change must rerun every stage that runs that code: each stage's deps
-    cover the transitive closure of the dlpipe modules its stage module imports."""
-    for stage in load_stages(REPO / "dvc.yaml"):
-        todo, seen = [f"dlpipe.stages.{stage.name}"], set()
-        while todo:
-            path = module_file(todo.pop())
-            if path is None or path in seen:
-                continue
-            seen.add(path)
-            todo.extend(dlpipe_imports(path))
-        # errors.py holds only the exception class, whose text cannot change an output.
-        code = {p.relative_to(REPO).as_posix() for p in seen if p.name not in ("__init__.py", "errors.py")}
-        missing = {f for f in code
-                   if not any(f == dep or f.startswith(dep.rstrip("/") + "/") for dep in stage.deps)}
-        assert not missing, f"{stage.name}: imports code not in its deps: {sorted(missing)}"
+def test_code_deps_follow_the_real_imports():
+    """Each stage's code deps are the closure of its imports: the houses training runs the shared
+    loop and the MLP, not the report's page builder or another model's code."""
+    train = {p.relative_to(REPO).as_posix() for p in declare.stage_code("train_houses")}
+    assert {"src/dlpipe/stages/train_houses.py", "src/dlpipe/training/loop.py", "src/dlpipe/models/mlp.py",
+            "src/dlpipe/stages/_houses.py"} <= train
+    assert not {p for p in train if p.startswith(("src/dlpipe/report/page", "src/dlpipe/models/lenet"))}, train
+    assert not {"src/dlpipe/errors.py", "src/dlpipe/declare.py", "src/dlpipe/__init__.py"} & train
+    stages = {stage.name: stage for stage in load_stages(REPO / "dvc.yaml")}
+    assert [d for d in stages["train_houses"].deps if d.startswith("src/")] == sorted(train)
+    # Every non-code dep is another stage's output (or, for the report, its template folder).
+    made = produced_by(list(stages.values()))
+    for stage in stages.values():
+        for dep in stage.deps:
+            assert dep.startswith("src/") or dep in made or dep == "params.yaml", (stage.name, dep)

@@ -165,23 +165,22 @@ def profile(name: str) -> dict:
     return yaml.safe_load((REPO / "workflow" / "profiles" / name / "config.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["local", "slurm"])
-def test_profiles_give_every_device_stage_one_gpu(name):
-    # Threads, memory and runtime default to the rule's 1 thread and the
-    # profile's default-resources; the GPU need has no safe default.
-    config = profile(name)
-    threads, resources = config.get("set-threads", {}), config.get("set-resources", {})
+def test_every_device_stage_claims_one_gpu():
+    # A stage that reads `device` may use a GPU: it must claim one, or two stages could
+    # end up on one device (locally) or get none (on SLURM). The declarations derive it.
     for stage in load_stages(REPO / "dvc.yaml"):
-        # A stage that reads `device` may use a GPU: it must claim one, or two
-        # stages could end up on one device (locally) or get none (on SLURM).
-        gpus = resources.get(stage.name, {}).get("gpu", 0)
-        assert gpus == (1 if "device" in stage.params else 0), f"{name} profile: gpu for {stage.name}"
-    for stage in set(threads) | set(resources):
-        assert stage in {s.name for s in load_stages(REPO / "dvc.yaml")}, f"{name} profile: unknown stage {stage}"
+        assert stage.resources["gpu"] == (1 if "device" in stage.params else 0), stage.name
+        assert stage.resources["mem_mb"] >= 1000 and stage.resources["runtime"] >= 1, stage.name
+
+
+@pytest.mark.parametrize("name", ["local", "slurm"])
+def test_profiles_hold_machine_settings_only(name):
+    # Per-stage threads (params.yaml) and resources (the declarations) come with the rules.
+    config = profile(name)
+    assert "set-threads" not in config and "set-resources" not in config
     if name == "local":
         assert config["resources"]["gpu"] >= 1  # how many GPU jobs at once; --resources gpu=K raises it
     else:
         assert config["executor"] == "slurm"
-        defaults = config["default-resources"]
-        assert {"slurm_partition", "runtime", "mem_mb"} <= set(defaults)
+        assert "slurm_partition" in config["default-resources"]
         assert "resources" not in config  # the cluster, not this process, limits GPU jobs

@@ -106,13 +106,12 @@ def megabytes(req_mem: str) -> int:
 
 
 def requested(profile: dict, stage: str) -> dict:
-    """What the SLURM profile asks for ``stage``: cpus, mem_mb, runtime (minutes), gpu."""
-    resources = dict(profile.get("default-resources", {}), **profile.get("set-resources", {}).get(stage, {}))
-    # cpus: the rule's threads, params.yaml's threads.<stage> (the profile sets none)
-    assert "set-threads" not in profile
+    """What a SLURM job of ``stage`` asks for: cpus, mem_mb, runtime (minutes), gpu: the rule's
+    threads (params.yaml) and resources (dvc.yaml's meta.resources, from the stage's declaration)."""
+    assert "set-threads" not in profile and "set-resources" not in profile
     cpus = yaml.safe_load((REPO / "params.yaml").read_text())["threads"][stage]
-    return {"cpus": cpus, "mem_mb": resources["mem_mb"],
-            "runtime": resources["runtime"], "gpu": resources.get("gpu", 0)}
+    resources = next(s.resources for s in load_stages(REPO / "dvc.yaml") if s.name == stage)
+    return {"cpus": cpus, "mem_mb": resources["mem_mb"], "runtime": resources["runtime"], "gpu": resources["gpu"]}
 
 
 @pytest.fixture(scope="module")

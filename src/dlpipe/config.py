@@ -273,8 +273,8 @@ class Params:
     raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
     def section_hash(self, *keys: str) -> str:
-        """sha256 of the named dotted sections (plus seed), for checkpoint identity."""
-        picked = {"seed": self.seed}
+        """sha256 of the named dotted sections, for checkpoint identity."""
+        picked = {}
         for key in keys:
             node = self.raw
             for part in key.split("."):

@@ -15,7 +15,7 @@ Nothing here reads files at import time; every function takes what it needs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -34,6 +34,7 @@ class Stage:
     deps: tuple[str, ...]
     outs: tuple[str, ...]  # outs + metrics + plots, persisted outs left out
     params: tuple[str, ...]  # dotted keys into params.yaml
+    resources: dict = field(default_factory=dict)  # meta.resources: mem_mb, runtime (minutes), gpu
 
 
 def is_directory(path: str) -> bool:
@@ -86,7 +87,9 @@ def stages_from_dvc(dvc_yaml: dict) -> list[Stage]:
         # DVC runs a list of commands one after another, stopping at the first failure.
         cmd = " && ".join(spec["cmd"]) if isinstance(spec["cmd"], list) else str(spec["cmd"])
         deps = tuple(_entry(item)[0] for item in spec.get("deps") or [])
-        stages.append(Stage(name, cmd, deps, tuple(_outputs(spec)), tuple(_param_keys(name, spec.get("params")))))
+        resources = dict((spec.get("meta") or {}).get("resources") or {})
+        stages.append(Stage(name, cmd, deps, tuple(_outputs(spec)), tuple(_param_keys(name, spec.get("params"))),
+                            resources))
     return stages
 
 

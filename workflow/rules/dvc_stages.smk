@@ -65,8 +65,12 @@ for _stage in STAGES:
         # --cores or a profile's set-threads may grant fewer or more; the stage
         # keeps its declared count (its results must not depend on the engine).
         threads: stage_threads(config, _stage.name)
-        # Default none; the profiles give the stages that train or evaluate one.
+        # dvc.yaml's meta.resources, from each stage's declaration (dlpipe.declare):
+        # memory (MB), runtime (minutes, for a cluster) and gpu: 1 for every stage
+        # that reads `device`. A profile's set-resources can still override them.
         resources:
-            gpu=0,
+            gpu=_stage.resources.get("gpu", 0),
+            mem_mb=_stage.resources.get("mem_mb", 2000),
+            runtime=_stage.resources.get("runtime", 15),
         shell:
             "python -m dlpipe.gpu_slots {resources.gpu} {params.cmd:q} > {log} 2>&1"

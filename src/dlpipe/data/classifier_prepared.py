@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dlpipe.errors import PipelineError
-from dlpipe.training.checkpoint import load_tensors, save
+from dlpipe.tensor_io import load_tensors, save_tensors
 
 PREPARED_DIR = Path("data/prepared/classifier")
 SPLITS = ("train", "val", "test")
@@ -27,7 +27,7 @@ META_JSON = "meta.json"
 def save_split(folder: Path, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1:] != (3, 32, 32):
         raise ValueError(f"{split}: images must be uint8 N x 3 x 32 x 32, got {images.dtype} {tuple(images.shape)}")
-    save(folder / f"{split}.pt", {"images": images.contiguous(), "labels": labels.to(torch.int64).contiguous()})
+    save_tensors(folder / f"{split}.pt", {"images": images.contiguous(), "labels": labels.to(torch.int64).contiguous()})
 
 
 def load_split(split: str, device: torch.device | str = "cpu", folder: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dlpipe.errors import PipelineError
-from dlpipe.training.checkpoint import load_tensors, save
+from dlpipe.tensor_io import load_tensors, save_tensors
 
 PREPARED_DIR = Path("data/prepared/gan")
 TRAIN, REAL_EVAL, META_JSON = "train.pt", "real_eval.pt", "meta.json"
@@ -29,7 +29,7 @@ TRAIN, REAL_EVAL, META_JSON = "train.pt", "real_eval.pt", "meta.json"
 def save_images(path: Path, images: torch.Tensor) -> None:
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"{path}: images must be uint8 N x C x S x S, got {images.dtype} {tuple(images.shape)}")
-    save(path, {"images": images.contiguous()})
+    save_tensors(path, {"images": images.contiguous()})
 
 
 def load_images(name: str, meta: dict, device: torch.device | str = "cpu",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dlpipe.training.checkpoint import load_tensors, save
+from dlpipe.tensor_io import load_tensors, save_tensors
 
 RAW_DIR = Path("data/raw/houses")
 PREPARED_DIR = Path("data/prepared/houses")
@@ -15,7 +15,7 @@ SPLITS = ("train", "val", "test")
 
 
 def save_split(folder: Path, split: str, tensors: dict[str, torch.Tensor]) -> None:
-    save(folder / f"{split}.pt", tensors)
+    save_tensors(folder / f"{split}.pt", tensors)
 
 
 def load_split(split: str, device: torch.device | str = "cpu", folder: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from PIL import Image
 import numpy as np
 import torch
-from PIL import Image
 
 from dlpipe.errors import PipelineError
-from dlpipe.training.checkpoint import load_tensors, save
+from dlpipe.tensor_io import load_tensors, save_tensors
 
 PREPARED_DIR = Path("data/prepared/transfer")
 META_JSON = "meta.json"
@@ -88,7 +88,7 @@ def read_split(folder: Path, max_side: int) -> dict:
 
 
 def save_split(folder: Path, split: str, data: dict) -> None:
-    save(folder / f"{split}.pt", {key: data[key].contiguous() for key in ("images", "sizes", "labels")})
+    save_tensors(folder / f"{split}.pt", {key: data[key].contiguous() for key in ("images", "sizes", "labels")})
 
 
 def load_split(split: str, device: torch.device | str = "cpu", folder: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:

@@ -19,8 +19,8 @@ the new head has the target dataset's classes.
 from __future__ import annotations
 
 import logging
-import urllib.error
 from pathlib import Path
+import urllib.error
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from dlpipe.errors import PipelineError
-from dlpipe.training.checkpoint import load_state_dict_file
+from dlpipe.tensor_io import load_state_dict_file
 
 log = logging.getLogger(__name__)
 

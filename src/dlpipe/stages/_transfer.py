@@ -15,7 +15,7 @@ from dlpipe.data.transfer_augment import RandomResizedCropFlip, eval_crops, imag
 from dlpipe.data.transfer_images import META_JSON, PREPARED_DIR, load_split
 from dlpipe.errors import PipelineError
 from dlpipe.models.resnet import ResNet18, group_lrs, load_backbone
-from dlpipe.training.checkpoint import load_into
+from dlpipe.tensor_io import load_into
 from dlpipe.training.lr_finder import resolve_lr
 
 BACKBONE = Path("models/transfer_backbone.pt")

@@ -35,7 +35,8 @@ import torch
 from dlpipe import runtime
 from dlpipe.config import Params
 from dlpipe.data import classifier_prepared as cp
-from dlpipe.data.gan_prepared import REAL_EVAL, TRAIN, load_images, load_meta
+from dlpipe.data.gan_prepared import PREPARED_DIR, REAL_EVAL, TRAIN, load_images, load_meta
+from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import write_json, write_text
 from dlpipe.models.lenet import LeNet
@@ -43,7 +44,7 @@ from dlpipe.report.fid import LeNetFeatures, frechet_distance, inception_distanc
 from dlpipe.report.sample_grid import to_uint8
 from dlpipe.stages._dcgan import (CLASS_NOISE_OFFSET, EVAL_NOISE_OFFSET, GENERATOR_WEIGHTS, REAL_DRAW_OFFSET,
                                   build_networks, generate, noise)
-from dlpipe.training.checkpoint import load_into
+from dlpipe.tensor_io import load_into
 
 log = logging.getLogger(__name__)
 FEATURE_WEIGHTS = Path("models/fid_lenet.pt")  # train_fid_lenet's output (not imported: it pulls in the loop)
@@ -51,6 +52,16 @@ METRICS = Path("reports/metrics/dcgan.json")
 FID_RECORD = Path("reports/fid/dcgan.json")
 CLASS_HISTOGRAM = Path("reports/plots/dcgan/class_histogram.csv")
 BATCH = 500
+
+
+STAGE = Stage(
+    params=("seed", "device", "dcgan.image_size", "dcgan.model", "dcgan.evaluate", "dcgan.feature_net.model"),
+    deps=(GENERATOR_WEIGHTS, FEATURE_WEIGHTS, PREPARED_DIR, cp.PREPARED_DIR),
+    outs=(FID_RECORD,),
+    metrics=(METRICS,),
+    plots=((CLASS_HISTOGRAM, {"template": "bar_horizontal", "x": "share", "y": "class"}),),
+    mem_mb=4000, runtime=30,
+)
 
 
 def lenet_features(params: Params, device: torch.device) -> tuple[LeNetFeatures, list[str]]:

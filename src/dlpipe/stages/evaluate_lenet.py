@@ -8,24 +8,33 @@ template (reports/plots/lenet/confusion.json) and as a picture (.png).
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
+import re
 
 import torch
 
 from dlpipe import runtime
 from dlpipe.config import Params
-from dlpipe.data.classifier_prepared import load_meta
+from dlpipe.data.classifier_prepared import PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
 from dlpipe.io import write_json
 from dlpipe.report.confusion import confusion_matrix, plot_confusion
 from dlpipe.stages._lenet import WEIGHTS, build_model, eval_loader
-from dlpipe.training.checkpoint import load_into
+from dlpipe.tensor_io import load_into
 from dlpipe.training.loop import predict
 
 log = logging.getLogger(__name__)
 METRICS = Path("reports/metrics/lenet.json")
 CONFUSION_JSON = Path("reports/plots/lenet/confusion.json")
 CONFUSION_PNG = Path("reports/plots/lenet/confusion.png")
+
+
+STAGE = Stage(
+    params=("device", "lenet.model"),
+    deps=(WEIGHTS, PREPARED_DIR),
+    metrics=(METRICS,),
+    plots=((CONFUSION_JSON, {"template": "confusion", "x": "actual", "y": "predicted"}), CONFUSION_PNG),
+)
 
 
 def metric_key(class_name: str) -> str:

@@ -13,18 +13,28 @@ from pathlib import Path
 
 from dlpipe import runtime
 from dlpipe.config import Params
-from dlpipe.data.transfer_images import load_meta
+from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
 from dlpipe.io import write_json
 from dlpipe.models.resnet import ResNet18
 from dlpipe.report.image_grid import plot_image_grid
 from dlpipe.stages._transfer import FINETUNE_WEIGHTS, HEAD_WEIGHTS, PLOTS, val_loader
-from dlpipe.training.checkpoint import load_into
+from dlpipe.tensor_io import load_into
 from dlpipe.training.loop import predict
 
 log = logging.getLogger(__name__)
 METRICS = Path("reports/metrics/transfer.json")
 MISCLASSIFIED_PNG = PLOTS / "misclassified.png"
 MAX_SHOWN = 36
+
+
+STAGE = Stage(
+    params=("device", "transfer.augment.image_size", "transfer.augment.crop_fraction"),
+    deps=(PREPARED_DIR, HEAD_WEIGHTS, FINETUNE_WEIGHTS),
+    metrics=(METRICS,),
+    plots=(MISCLASSIFIED_PNG,),
+    mem_mb=4000,
+)
 
 
 def main(params: Params) -> None:

@@ -7,8 +7,14 @@ import logging
 from dlpipe.config import Params
 from dlpipe.data.houses_fetch import fetch
 from dlpipe.data.houses_prepared import RAW_DIR
+from dlpipe.declare import Stage
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("data.houses",), outs=(RAW_DIR,),
+)
 
 
 def main(params: Params) -> None:

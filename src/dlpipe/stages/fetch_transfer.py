@@ -8,8 +8,14 @@ import logging
 
 from dlpipe.config import Params
 from dlpipe.data.transfer_fetch import RAW_DIR, fetch
+from dlpipe.declare import Stage
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("data.transfer",), outs=(RAW_DIR,), runtime=30,
+)
 
 
 def main(params: Params) -> None:

@@ -6,6 +6,8 @@ import logging
 
 from dlpipe import runtime
 from dlpipe.config import Params
+from dlpipe.data.houses_prepared import PREPARED_DIR
+from dlpipe.declare import Stage
 from dlpipe.report.lr_plot import plot_lr_find
 from dlpipe.stages._houses import LR_FIND_JSON, build_model, loaders
 from dlpipe.training import lr_finder
@@ -13,6 +15,18 @@ from dlpipe.training.schedules import build_optimizer
 from dlpipe.training.tasks import log_price_regression
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("seed", "device", "lr_find.houses", "houses.model",
+            # only the training keys the sweep uses: a new epoch count needs no new sweep
+            "houses.train.optimizer", "houses.train.momentum", "houses.train.weight_decay",
+            "houses.train.batch_size"),
+    deps=(PREPARED_DIR,),
+    outs=(LR_FIND_JSON, LR_FIND_JSON.with_suffix(".png")),
+    plots=(lr_finder.curve_plot(LR_FIND_JSON, "houses"),),
+    mem_mb=4000, runtime=30,
+)
 
 
 def main(params: Params) -> None:

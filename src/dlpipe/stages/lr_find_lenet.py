@@ -7,7 +7,8 @@ import logging
 
 from dlpipe import runtime
 from dlpipe.config import Params
-from dlpipe.data.classifier_prepared import load_meta
+from dlpipe.data.classifier_prepared import PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
 from dlpipe.report.lr_plot import plot_lr_find
 from dlpipe.stages._lenet import LR_FIND_JSON, build_model, train_loader
 from dlpipe.training import lr_finder
@@ -15,6 +16,16 @@ from dlpipe.training.schedules import build_optimizer
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("seed", "device", "lr_find.lenet", "lenet.model", "lenet.augment",
+            "lenet.train.optimizer", "lenet.train.momentum", "lenet.train.weight_decay", "lenet.train.batch_size"),
+    deps=(PREPARED_DIR,),
+    outs=(LR_FIND_JSON, LR_FIND_JSON.with_suffix(".png")),
+    plots=(lr_finder.curve_plot(LR_FIND_JSON, "lenet"),),
+    mem_mb=4000, runtime=30,
+)
 
 
 def main(params: Params) -> None:

@@ -8,15 +8,28 @@ import logging
 
 from dlpipe import runtime
 from dlpipe.config import Params
-from dlpipe.data.transfer_images import load_meta
+from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
 from dlpipe.models.resnet import group_lrs
 from dlpipe.report.lr_plot import plot_lr_find
-from dlpipe.stages._transfer import FINETUNE_LR_JSON, finetune_groups, finetune_model, train_loader
+from dlpipe.stages._transfer import FINETUNE_LR_JSON, HEAD_WEIGHTS, finetune_groups, finetune_model, train_loader
 from dlpipe.training import lr_finder
 from dlpipe.training.schedules import build_optimizer
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("seed", "device", "lr_find.transfer_finetune", "transfer.augment", "transfer.finetune.lr_spread",
+            "transfer.finetune.train.optimizer", "transfer.finetune.train.momentum",
+            "transfer.finetune.train.weight_decay", "transfer.finetune.train.batch_size"),
+    deps=(PREPARED_DIR, HEAD_WEIGHTS),
+    outs=(FINETUNE_LR_JSON, FINETUNE_LR_JSON.with_suffix(".png")),
+    plots=(lr_finder.curve_plot(FINETUNE_LR_JSON, "transfer fine-tuning",
+                                  "learning rate of fc (log scale; the other groups at their fixed shares)"),),
+    mem_mb=8000, runtime=30,
+)
 
 
 def main(params: Params) -> None:

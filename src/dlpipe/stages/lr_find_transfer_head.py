@@ -8,14 +8,26 @@ import logging
 
 from dlpipe import runtime
 from dlpipe.config import Params
-from dlpipe.data.transfer_images import load_meta
+from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
 from dlpipe.report.lr_plot import plot_lr_find
-from dlpipe.stages._transfer import HEAD_LR_JSON, head_model, train_loader
+from dlpipe.stages._transfer import BACKBONE, HEAD_LR_JSON, head_model, train_loader
 from dlpipe.training import lr_finder
 from dlpipe.training.schedules import build_optimizer
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("seed", "device", "lr_find.transfer_head", "transfer.model", "transfer.augment",
+            "transfer.head.train.optimizer", "transfer.head.train.momentum", "transfer.head.train.weight_decay",
+            "transfer.head.train.batch_size"),
+    deps=(PREPARED_DIR, BACKBONE),
+    outs=(HEAD_LR_JSON, HEAD_LR_JSON.with_suffix(".png")),
+    plots=(lr_finder.curve_plot(HEAD_LR_JSON, "transfer head"),),
+    mem_mb=8000, runtime=30,
+)
 
 
 def main(params: Params) -> None:

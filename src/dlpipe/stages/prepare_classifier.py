@@ -14,10 +14,16 @@ from dlpipe.config import ClassifierPrepare, Params
 from dlpipe.data import classifier_convert as cc
 from dlpipe.data.classifier_fetch import CIFAR_DIR, DIGITS_FILE, RAW_DIR, SOURCE_JSON
 from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, save_split
+from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("prepare.classifier",), deps=(RAW_DIR,), outs=(PREPARED_DIR,),
+)
 
 
 def read_source() -> dict:

@@ -21,11 +21,20 @@ from dlpipe.config import Params
 from dlpipe.data import classifier_prepared as cp
 from dlpipe.data import gan_images
 from dlpipe.data.gan_prepared import META_JSON, PREPARED_DIR, REAL_EVAL, TRAIN, save_images
+from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import atomic_dir, write_json
 from dlpipe.stages._dcgan import resolve_nc
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("seed", "data.gan", "dcgan.image_size", "dcgan.model.nc"),
+    deps=(cp.PREPARED_DIR,),
+    outs=(PREPARED_DIR,),
+    mem_mb=8000, runtime=60,
+)
 
 
 def from_classifier(name: str, nc: int, size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:

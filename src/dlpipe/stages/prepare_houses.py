@@ -14,10 +14,16 @@ import torch
 from dlpipe.config import HousesPrepare, Params
 from dlpipe.data import houses_features as hf
 from dlpipe.data.houses_prepared import PREPARED_DIR, RAW_DIR, save_split
+from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("prepare.houses",), deps=(RAW_DIR,), outs=(PREPARED_DIR,),
+)
 
 
 def read_csv(path: Path) -> pd.DataFrame:

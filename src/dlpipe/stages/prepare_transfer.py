@@ -10,10 +10,16 @@ import logging
 from dlpipe.config import Params
 from dlpipe.data.transfer_fetch import RAW_DIR, SOURCE_JSON, SPLITS
 from dlpipe.data.transfer_images import META_JSON, PREPARED_DIR, read_split, save_split
+from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("prepare.transfer",), deps=(RAW_DIR,), outs=(PREPARED_DIR,), mem_mb=4000,
+)
 
 
 def read_source() -> dict:

@@ -14,11 +14,12 @@ import logging
 
 import torch
 
-from dlpipe import runtime
+from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta, load_split
+from dlpipe.declare import Stage
 from dlpipe.stages._transfer import BACKBONE, CHECKPOINTS, PLOTS, augmenting_loader, build_model, eval_loader
-from dlpipe.training import checkpoint, loop
+from dlpipe.training import loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
@@ -27,6 +28,16 @@ from dlpipe.training.tasks import classification
 log = logging.getLogger(__name__)
 HISTORY = PLOTS / "backbone_history.csv"
 CHECKPOINT = CHECKPOINTS / "transfer_backbone" / "last.pt"
+
+
+STAGE = Stage(
+    params=("seed", "device", "accel", "transfer.pretrain", "transfer.augment.crop_ratio"),
+    deps=(PREPARED_DIR,),
+    outs=(BACKBONE, HISTORY),
+    plot_groups={"transfer_backbone_pretraining": {
+        "x": "epoch", "y": {HISTORY.as_posix(): ["train_loss", "val_loss", "val_accuracy"]}}},
+    mem_mb=8000, runtime=60,
+)
 
 
 def main(params: Params) -> None:
@@ -48,11 +59,10 @@ def main(params: Params) -> None:
         model, train_batches, val_batches, classification(), optimizer, scheduler, per_batch,
         epochs=cfg.train.epochs, patience=cfg.train.patience, min_delta=cfg.train.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "accel", "transfer.pretrain", "transfer.augment.crop_ratio"),
-            [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]),
+            __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]),
         history_path=HISTORY, name="pretrain_transfer_backbone", accel=accel,
     )
-    checkpoint.save_weights(BACKBONE, result.best_state)
+    tensor_io.save_weights(BACKBONE, result.best_state)
     log.info("transfer backbone on %s: best val_accuracy %.4f at epoch %d of %d", meta["dataset"],
              result.best_metric, result.best_epoch, result.epochs_run)
 

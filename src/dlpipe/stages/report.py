@@ -9,12 +9,23 @@ import logging
 from pathlib import Path
 
 from dlpipe.config import Params
+from dlpipe.declare import Stage
 from dlpipe.io import write_text
 from dlpipe.report import page
+from dlpipe.report.registry import MODELS
 
 log = logging.getLogger(__name__)
 INDEX = Path("reports/index.html")
 PARAMS_FILE = Path("params.yaml")
+
+
+STAGE = Stage(
+    # every model's results the page shows (dlpipe.report.registry), and all of params.yaml
+    deps=(*(path for model in MODELS for path in model.files()),
+          Path("src/dlpipe/report/templates")),  # the page's template: code that no import names
+    outs=(INDEX,),
+    whole_params_file=True,
+)
 
 
 def main(params: Params) -> None:

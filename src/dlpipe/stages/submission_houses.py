@@ -13,17 +13,27 @@ import torch
 
 from dlpipe import runtime
 from dlpipe.config import Params
-from dlpipe.data.houses_prepared import load_split
+from dlpipe.data.houses_prepared import PREPARED_DIR, load_split
+from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import write_json, write_text
 from dlpipe.models.mlp import HouseMLP
 from dlpipe.stages._houses import WEIGHTS
-from dlpipe.training.checkpoint import load_into
+from dlpipe.tensor_io import load_into
 
 log = logging.getLogger(__name__)
 SUBMISSION = Path("reports/submission.csv")
 METRICS = Path("reports/metrics/houses.json")
 VAL_PREDICTIONS = Path("reports/plots/houses/val_predictions.csv")
+
+
+STAGE = Stage(
+    params=("device", "houses.model"),
+    deps=(WEIGHTS, PREPARED_DIR),
+    outs=(SUBMISSION,),
+    metrics=(METRICS,),
+    plots=((VAL_PREDICTIONS, {"x": "true_price", "y": "predicted_price", "template": "scatter"}),),
+)
 
 
 def rmsle(log_pred: np.ndarray, log_true: np.ndarray) -> float:

@@ -24,22 +24,35 @@ from typing import NamedTuple
 
 import torch
 
-from dlpipe import runtime
+from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
 from dlpipe.data.gan_prepared import META_JSON, PREPARED_DIR, TRAIN, load_images, load_meta, to_unit_range
 from dlpipe.data.loaders import TensorLoader
+from dlpipe.declare import Stage
 from dlpipe.io import atomic_dir, write_json
 from dlpipe.report.sample_grid import save_grid, to_uint8
-from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID, FIXED_NOISE_OFFSET,
-                                  GENERATOR_WEIGHTS, HISTORY_CSV, SAMPLES_DIR, SAMPLES_STORE, STEPS_CSV, TRAIN_METRICS,
-                                  build_networks, generate, noise)
-from dlpipe.training import checkpoint
+from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID, FIXED_NOISE_OFFSET, GENERATOR_WEIGHTS,
+                                  HISTORY_CSV, SAMPLES_DIR, SAMPLES_STORE, STEPS_CSV, TRAIN_METRICS, build_networks,
+                                  generate, noise)
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.gan import GanResult, epoch_means, fit_gan
 from dlpipe.training.gan_augment import DiffAugment
 from dlpipe.training.loop import write_history
 
 log = logging.getLogger(__name__)
+
+
+STAGE = Stage(
+    params=("seed", "device", "dcgan.image_size", "dcgan.model", "dcgan.train"),
+    deps=(PREPARED_DIR,),
+    outs=(GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, SAMPLES_DIR, STEPS_CSV, HISTORY_CSV),
+    metrics=(TRAIN_METRICS,),
+    plots=(FINAL_GRID,),
+    plot_groups={"dcgan_losses": {"x": "step", "y": {STEPS_CSV.as_posix(): ["loss_d", "loss_g"]}},
+                 "dcgan_discriminator_outputs": {"x": "step",
+                                                 "y": {STEPS_CSV.as_posix(): ["d_x", "d_g_z1", "d_g_z2"]}}},
+    mem_mb=8000, runtime=240,
+)
 
 
 def grid_name(epoch: int) -> str:
@@ -147,15 +160,14 @@ def main(params: Params) -> None:
     started = time.perf_counter()
     result = train(
         run, params, checkpoint_path=CHECKPOINT,
-        params_hash=run_identity(params.section_hash("device", "dcgan.image_size", "dcgan.model", "dcgan.train"),
-                                 [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
+        params_hash=run_identity(__name__, params, [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
         history_path=STEPS_CSV, on_epoch_end=grids, name="train_dcgan",
     )
     EpochGrids.publish(cfg.epochs)
     write_history(HISTORY_CSV, per_epoch(result.history, cfg.collapse_threshold))
     save_grid(to_uint8(generate(result.sampler, grids.fixed_noise)), FINAL_GRID)
-    checkpoint.save_weights(GENERATOR_WEIGHTS, result.sampler.state_dict())
-    checkpoint.save_weights(DISCRIMINATOR_WEIGHTS, run.discriminator.state_dict())
+    tensor_io.save_weights(GENERATOR_WEIGHTS, result.sampler.state_dict())
+    tensor_io.save_weights(DISCRIMINATOR_WEIGHTS, run.discriminator.state_dict())
     metrics = summary(result.history, result.watch, cfg.epochs)
     write_json(TRAIN_METRICS, metrics)
     log.info("dcgan on %s: %d epochs (%d run now, %.1f s), %d steps, nan_steps %d, d_collapse_steps %d "

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dlpipe import runtime
+from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
 from dlpipe.stages._lenet import build_model, eval_loader, train_loader
-from dlpipe.training import checkpoint, loop
+from dlpipe.training import loop
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.training.tasks import classification
@@ -28,6 +29,14 @@ log = logging.getLogger(__name__)
 WEIGHTS = Path("models/fid_lenet.pt")
 CHECKPOINT = Path("checkpoints/fid_lenet/last.pt")
 HISTORY = Path("reports/plots/fid_lenet/history.csv")
+
+
+STAGE = Stage(
+    params=("device", "dcgan.feature_net"),
+    deps=(PREPARED_DIR,),
+    outs=(WEIGHTS, HISTORY),
+    mem_mb=8000, runtime=120,
+)
 
 
 def main(params: Params) -> None:
@@ -42,10 +51,9 @@ def main(params: Params) -> None:
         model, train, val, classification(), optimizer, scheduler, per_batch,
         epochs=net.train.epochs, patience=net.train.patience, min_delta=net.train.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "dcgan.feature_net"),
-            [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]),
+            __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]),
         history_path=HISTORY, name="train_fid_lenet",
     )
-    checkpoint.save_weights(WEIGHTS, result.best_state)
+    tensor_io.save_weights(WEIGHTS, result.best_state)
     log.info("fid lenet on %s: best val_accuracy %.4f at epoch %d of %d", meta["dataset"],
              result.best_metric, result.best_epoch, result.epochs_run)

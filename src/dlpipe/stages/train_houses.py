@@ -9,17 +9,28 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dlpipe import runtime
+from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
 from dlpipe.data.houses_prepared import PREPARED_DIR
+from dlpipe.declare import Stage
 from dlpipe.stages._houses import CHECKPOINT, LR_FIND_JSON, WEIGHTS, build_model, loaders
-from dlpipe.training import checkpoint, loop, lr_finder
+from dlpipe.training import loop, lr_finder
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.training.tasks import log_price_regression
 
 log = logging.getLogger(__name__)
 HISTORY = Path("reports/plots/houses/history.csv")
+
+
+STAGE = Stage(
+    params=("seed", "device", "houses.model", "houses.train"),
+    deps=(PREPARED_DIR, LR_FIND_JSON),
+    # checkpoints/houses/ (the resumable state) is deliberately not an out: docs/architecture.md
+    outs=(WEIGHTS, HISTORY),
+    plot_groups={HISTORY: {"x": "epoch", "y": ["train_loss", "val_rmsle"]}},
+    mem_mb=8000, runtime=120,
+)
 
 
 def main(params: Params) -> None:
@@ -34,10 +45,9 @@ def main(params: Params) -> None:
         model, train_loader, val_loader, log_price_regression(), optimizer, scheduler, per_batch,
         epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "houses.model", "houses.train"),
-            [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt"], lr=lr),
+            __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt"], lr=lr),
         history_path=HISTORY, name="train_houses",
     )
-    checkpoint.save_weights(WEIGHTS, result.best_state)
+    tensor_io.save_weights(WEIGHTS, result.best_state)
     log.info("houses: best val_rmsle %.5f at epoch %d of %d (lr %.4g)", result.best_metric,
              result.best_epoch, result.epochs_run, lr)

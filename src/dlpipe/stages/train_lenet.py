@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dlpipe import runtime
+from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
 from dlpipe.stages._lenet import CHECKPOINT, LR_FIND_JSON, WEIGHTS, build_model, eval_loader, train_loader
-from dlpipe.training import checkpoint, loop, lr_finder
+from dlpipe.training import loop, lr_finder
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
@@ -24,6 +25,16 @@ from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
 HISTORY = Path("reports/plots/lenet/history.csv")
+
+
+STAGE = Stage(
+    params=("seed", "device", "accel", "lenet.model", "lenet.augment", "lenet.train"),
+    deps=(PREPARED_DIR, LR_FIND_JSON),
+    outs=(WEIGHTS, HISTORY),
+    plot_groups={"lenet_loss": {"x": "epoch", "y": {HISTORY.as_posix(): ["train_loss", "val_loss"]}},
+                 "lenet_val_accuracy": {"x": "epoch", "y": {HISTORY.as_posix(): "val_accuracy"}}},
+    mem_mb=8000, runtime=120,
+)
 
 
 def main(params: Params) -> None:
@@ -41,10 +52,9 @@ def main(params: Params) -> None:
         model, train, val, classification(), optimizer, scheduler, per_batch,
         epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "accel", "lenet.model", "lenet.augment", "lenet.train"),
-            [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON], lr=lr),
+            __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON], lr=lr),
         history_path=HISTORY, name="train_lenet", accel=accel,
     )
-    checkpoint.save_weights(WEIGHTS, result.best_state)
+    tensor_io.save_weights(WEIGHTS, result.best_state)
     log.info("lenet on %s: best val_accuracy %.4f at epoch %d of %d (lr %.4g)", meta["dataset"],
              result.best_metric, result.best_epoch, result.epochs_run, lr)

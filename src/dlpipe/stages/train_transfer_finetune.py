@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 
-from dlpipe import runtime
+from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
-from dlpipe.data.transfer_images import load_meta
-from dlpipe.stages._transfer import (CHECKPOINTS, FINETUNE_WEIGHTS, HEAD_WEIGHTS, PLOTS, PREPARED_FILES,
-                                     finetune_groups, finetune_lr, finetune_model, train_loader, val_loader)
-from dlpipe.training import checkpoint, loop
+from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
+from dlpipe.stages._transfer import (CHECKPOINTS, FINETUNE_LR_JSON, FINETUNE_WEIGHTS, HEAD_LR_JSON, HEAD_WEIGHTS, PLOTS,
+                                     PREPARED_FILES, finetune_groups, finetune_lr, finetune_model, train_loader,
+                                     val_loader)
+from dlpipe.stages.train_transfer_head import HISTORY as HEAD_HISTORY
+from dlpipe.training import loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
@@ -23,6 +26,19 @@ from dlpipe.training.tasks import classification
 log = logging.getLogger(__name__)
 HISTORY = PLOTS / "finetune_history.csv"
 CHECKPOINT = CHECKPOINTS / "transfer_finetune" / "last.pt"
+
+
+STAGE = Stage(
+    params=("seed", "device", "accel", "transfer.augment", "transfer.finetune", "transfer.head.train.lr"),
+    deps=(PREPARED_DIR, HEAD_WEIGHTS, HEAD_LR_JSON, FINETUNE_LR_JSON),
+    outs=(FINETUNE_WEIGHTS, HISTORY),
+    plot_groups={
+        "transfer_loss": {"x": "epoch", "y": {HEAD_HISTORY.as_posix(): ["train_loss", "val_loss"],
+                                              HISTORY.as_posix(): ["train_loss", "val_loss"]}},
+        "transfer_val_accuracy": {"x": "epoch", "y": {HEAD_HISTORY.as_posix(): "val_accuracy",
+                                                      HISTORY.as_posix(): "val_accuracy"}}},
+    mem_mb=8000, runtime=120,
+)
 
 
 def main(params: Params) -> None:
@@ -42,11 +58,10 @@ def main(params: Params) -> None:
         model, train, val, classification(), optimizer, scheduler, per_batch,
         epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "accel", "transfer.augment", "transfer.finetune"),
-            PREPARED_FILES + [HEAD_WEIGHTS], lr=lr),
+            __name__, params, PREPARED_FILES + [HEAD_WEIGHTS], lr=lr),
         history_path=HISTORY, name="train_transfer_finetune", accel=accel,
     )
-    checkpoint.save_weights(FINETUNE_WEIGHTS, result.best_state)
+    tensor_io.save_weights(FINETUNE_WEIGHTS, result.best_state)
     log.info("transfer fine-tuning on %s: best val_accuracy %.4f at epoch %d of %d (group LRs %s)",
              meta["dataset"], result.best_metric, result.best_epoch, result.epochs_run,
              ", ".join(f"{group_lr:.3g}" for group_lr in group_lrs))

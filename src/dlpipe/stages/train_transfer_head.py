@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 
-from dlpipe import runtime
+from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
-from dlpipe.data.transfer_images import load_meta
-from dlpipe.stages._transfer import (CHECKPOINTS, HEAD_WEIGHTS, PLOTS, PREPARED_FILES, head_lr, head_model,
-                                     train_loader, val_loader, weights_files)
-from dlpipe.training import checkpoint, loop
+from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
+from dlpipe.declare import Stage
+from dlpipe.stages._transfer import (BACKBONE, CHECKPOINTS, HEAD_LR_JSON, HEAD_WEIGHTS, PLOTS, PREPARED_FILES, head_lr,
+                                     head_model, train_loader, val_loader, weights_files)
+from dlpipe.training import loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.schedules import build_optimizer, build_scheduler
@@ -22,6 +23,14 @@ from dlpipe.training.tasks import classification
 log = logging.getLogger(__name__)
 HISTORY = PLOTS / "head_history.csv"
 CHECKPOINT = CHECKPOINTS / "transfer_head" / "last.pt"
+
+
+STAGE = Stage(
+    params=("seed", "device", "accel", "transfer.model", "transfer.augment", "transfer.head.train"),
+    deps=(PREPARED_DIR, BACKBONE, HEAD_LR_JSON),
+    outs=(HEAD_WEIGHTS, HISTORY),
+    mem_mb=8000, runtime=120,
+)
 
 
 def main(params: Params) -> None:
@@ -39,10 +48,9 @@ def main(params: Params) -> None:
         model, train, val, classification(), optimizer, scheduler, per_batch,
         epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
         checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            params.section_hash("device", "accel", "transfer.model", "transfer.augment", "transfer.head.train"),
-            PREPARED_FILES + weights_files(params), lr=lr),
+            __name__, params, PREPARED_FILES + weights_files(params), lr=lr),
         history_path=HISTORY, name="train_transfer_head", accel=accel,
     )
-    checkpoint.save_weights(HEAD_WEIGHTS, result.best_state)
+    tensor_io.save_weights(HEAD_WEIGHTS, result.best_state)
     log.info("transfer head on %s (backbone: %s): best val_accuracy %.4f at epoch %d of %d (lr %.4g)",
              meta["dataset"], source, result.best_metric, result.best_epoch, result.epochs_run, lr)

@@ -138,6 +138,14 @@ def range_test(model, optimizer, loss_fn, loader, cfg: LRFind, device: torch.dev
     }
 
 
+def curve_plot(json_path: Path, title: str, x_label: str = "learning rate (log scale)") -> tuple[Path, dict]:
+    """The stage declaration's plot of a range test: its curve on a log-x axis
+    (template .dvc/plots/lr_find_logx.json), the suggestion dashed."""
+    return curve_path(json_path), {"template": "lr_find_logx", "x": "lr", "y": "loss", "x_label": x_label,
+                                   "y_label": "smoothed training loss",
+                                   "title": f"{title}: LR range test, dashed: the chosen rule's suggestion"}
+
+
 def curve_path(json_path: Path) -> Path:
     """reports/lr_find/<model>.json -> reports/lr_find/<model>_curve.json."""
     json_path = Path(json_path)
