@@ -8,15 +8,15 @@ import contextlib
 import csv
 import json
 import os
-from pathlib import Path
 import shutil
+from pathlib import Path
 
-from PIL import Image
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from test_classifier_data import make_params
 from test_dcgan import NZ, same
-import torch
 
 from dlpipe import tensor_io
 from dlpipe.bench import gan_sweep

@@ -9,8 +9,8 @@ import json
 import subprocess
 import sys
 
-from conftest import clone_run
 import yaml
+from conftest import clone_run
 
 NEW_STAGE = '''"""Stage evaluate_houses_val: RMSLE of the best houses weights on the validation split."""
 

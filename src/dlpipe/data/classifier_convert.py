@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import codecs
-from pathlib import Path
 import pickle
+from pathlib import Path
 
 import numpy as np
 import torch

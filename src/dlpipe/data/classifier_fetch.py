@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-from pathlib import Path, PurePosixPath
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from pathlib import Path, PurePosixPath
 
 import torch
 from tqdm import tqdm

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 

@@ -12,12 +12,12 @@ Whatever the source, both files must match their sha256 in params.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from pathlib import Path
 
 from dlpipe.config import HousesData
 from dlpipe.errors import PipelineError

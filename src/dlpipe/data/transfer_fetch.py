@@ -17,15 +17,15 @@ md5 or a bad archive leaves the previous data/raw/transfer as it was.
 from __future__ import annotations
 
 import logging
-from pathlib import Path, PurePosixPath
 import shutil
 import stat
 import tempfile
 import zipfile
 import zlib
+from pathlib import Path, PurePosixPath
 
-from PIL import Image
 import numpy as np
+from PIL import Image
 
 from dlpipe.config import TransferData
 from dlpipe.data.classifier_convert import stratified_split

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
 import numpy as np
 import torch
+from PIL import Image
 
 from dlpipe.errors import PipelineError
 from dlpipe.tensor_io import load_tensors, save_tensors

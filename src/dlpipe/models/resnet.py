@@ -19,8 +19,8 @@ the new head has the target dataset's classes.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 import urllib.error
+from pathlib import Path
 
 import torch
 from torch import nn

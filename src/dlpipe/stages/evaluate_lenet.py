@@ -8,8 +8,8 @@ template (reports/plots/lenet/confusion.json) and as a picture (.png).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 import re
+from pathlib import Path
 
 import torch
 
