@@ -14,8 +14,8 @@ from torch import nn
 from dlpipe.errors import PipelineError
 from dlpipe.models.dcgan import Discriminator, Generator, build
 from dlpipe.models.lenet import LeNet
-from dlpipe.report import fid as fid_module
-from dlpipe.report.fid import LeNetFeatures, frechet_distance, frechet_distance_numpy
+from dlpipe.metrics import fid as fid_module
+from dlpipe.metrics.fid import LeNetFeatures, frechet_distance, frechet_distance_numpy
 from dlpipe.training.gan import Watch, discriminator_step, ema_of, generator_step, r1_penalty
 from dlpipe.training.gan_augment import DiffAugment
 

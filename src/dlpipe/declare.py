@@ -130,7 +130,7 @@ def _imports(path: Path) -> list[str]:
 
 def code_files(module: str) -> list[Path]:
     """Every dlpipe source file that ``module`` runs: the transitive closure of its imports
-    (empty package ``__init__`` files and ``NOT_CODE_DEPS`` left out)."""
+    (package ``__init__`` files that hold at most a docstring, and ``NOT_CODE_DEPS``, left out)."""
     todo, seen = [module], set()
     while todo:
         path = _module_file(todo.pop())
@@ -141,7 +141,10 @@ def code_files(module: str) -> list[Path]:
     def counts(path: Path) -> bool:
         if path.relative_to(SRC_DIR).as_posix() in NOT_CODE_DEPS:
             return False
-        return not (path.name == "__init__.py" and not path.read_text().strip())
+        if path.name == "__init__.py":  # a package's __init__ counts only if it holds more than a docstring
+            body = ast.parse(path.read_text()).body
+            return bool(body[1:] if body and isinstance(body[0], ast.Expr) else body)
+        return True
 
     return sorted(p for p in seen if counts(p))
 

@@ -24,8 +24,8 @@ from dlpipe import runtime
 from dlpipe.bench.timing import variant_params
 from dlpipe.config import Params
 from dlpipe.io import write_json
-from dlpipe.report.fid import frechet_distance
-from dlpipe.report.sample_grid import to_uint8
+from dlpipe.metrics.fid import frechet_distance
+from dlpipe.pictures.sample_grid import to_uint8
 from dlpipe.stages import evaluate_dcgan
 from dlpipe.stages._dcgan import build_networks, generate
 from dlpipe.stages.train_dcgan import setup_training, train

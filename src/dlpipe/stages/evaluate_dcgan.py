@@ -40,8 +40,8 @@ from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import write_json, write_text
 from dlpipe.models.lenet import LeNet
-from dlpipe.report.fid import LeNetFeatures, frechet_distance, inception_distance
-from dlpipe.report.sample_grid import to_uint8
+from dlpipe.metrics.fid import LeNetFeatures, frechet_distance, inception_distance
+from dlpipe.pictures.sample_grid import to_uint8
 from dlpipe.stages._dcgan import (CLASS_NOISE_OFFSET, EVAL_NOISE_OFFSET, GENERATOR_WEIGHTS, REAL_DRAW_OFFSET,
                                   build_networks, generate, noise)
 from dlpipe.tensor_io import load_into

@@ -18,7 +18,8 @@ from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
 from dlpipe.io import write_json
-from dlpipe.report.confusion import confusion_matrix, plot_confusion
+from dlpipe.metrics.confusion import confusion_matrix
+from dlpipe.pictures.confusion import plot_confusion
 from dlpipe.stages._lenet import WEIGHTS, build_model, eval_loader
 from dlpipe.tensor_io import load_into
 from dlpipe.training.loop import predict

@@ -17,7 +17,7 @@ from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
 from dlpipe.io import write_json
 from dlpipe.models.resnet import ResNet18
-from dlpipe.report.image_grid import plot_image_grid
+from dlpipe.pictures.image_grid import plot_image_grid
 from dlpipe.stages._transfer import FINETUNE_WEIGHTS, HEAD_WEIGHTS, PLOTS, val_loader
 from dlpipe.tensor_io import load_into
 from dlpipe.training.loop import predict

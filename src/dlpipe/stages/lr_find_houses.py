@@ -8,7 +8,7 @@ from dlpipe import runtime
 from dlpipe.config import Params
 from dlpipe.data.houses_prepared import PREPARED_DIR
 from dlpipe.declare import Stage
-from dlpipe.report.lr_plot import plot_lr_find
+from dlpipe.pictures.lr_plot import plot_lr_find
 from dlpipe.stages._houses import LR_FIND_JSON, build_model, loaders
 from dlpipe.training import lr_finder
 from dlpipe.training.schedules import build_optimizer

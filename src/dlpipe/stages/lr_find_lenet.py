@@ -9,7 +9,7 @@ from dlpipe import runtime
 from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
-from dlpipe.report.lr_plot import plot_lr_find
+from dlpipe.pictures.lr_plot import plot_lr_find
 from dlpipe.stages._lenet import LR_FIND_JSON, build_model, train_loader
 from dlpipe.training import lr_finder
 from dlpipe.training.schedules import build_optimizer

@@ -11,7 +11,7 @@ from dlpipe.config import Params
 from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
 from dlpipe.models.resnet import group_lrs
-from dlpipe.report.lr_plot import plot_lr_find
+from dlpipe.pictures.lr_plot import plot_lr_find
 from dlpipe.stages._transfer import FINETUNE_LR_JSON, HEAD_WEIGHTS, finetune_groups, finetune_model, train_loader
 from dlpipe.training import lr_finder
 from dlpipe.training.schedules import build_optimizer

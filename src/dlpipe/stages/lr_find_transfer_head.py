@@ -10,7 +10,7 @@ from dlpipe import runtime
 from dlpipe.config import Params
 from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
-from dlpipe.report.lr_plot import plot_lr_find
+from dlpipe.pictures.lr_plot import plot_lr_find
 from dlpipe.stages._transfer import BACKBONE, HEAD_LR_JSON, head_model, train_loader
 from dlpipe.training import lr_finder
 from dlpipe.training.schedules import build_optimizer

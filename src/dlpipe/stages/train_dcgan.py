@@ -30,7 +30,7 @@ from dlpipe.data.gan_prepared import META_JSON, PREPARED_DIR, TRAIN, load_images
 from dlpipe.data.loaders import TensorLoader
 from dlpipe.declare import Stage
 from dlpipe.io import atomic_dir, write_json
-from dlpipe.report.sample_grid import save_grid, to_uint8
+from dlpipe.pictures.sample_grid import save_grid, to_uint8
 from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID, FIXED_NOISE_OFFSET, GENERATOR_WEIGHTS,
                                   HISTORY_CSV, SAMPLES_DIR, SAMPLES_STORE, STEPS_CSV, TRAIN_METRICS, build_networks,
                                   generate, noise)

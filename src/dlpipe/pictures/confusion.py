@@ -1,4 +1,4 @@
-"""Confusion matrices: counted with torch, drawn with matplotlib (Agg), written atomically."""
+"""A confusion matrix as a picture: drawn with matplotlib (Agg), written atomically."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dlpipe.io import atomic_path  # noqa: E402
-
-
-def confusion_matrix(actual: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """int64 num_classes x num_classes; rows are the actual class, columns the predicted one."""
-    pairs = actual.long().cpu() * num_classes + predicted.long().cpu()
-    return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
 def plot_confusion(matrix: torch.Tensor, class_names: list[str], png_path: Path, title: str) -> None:
