@@ -1,5 +1,6 @@
 """What the LeNet stages share: paths, loaders over the prepared uint8 images
-(batched augmentation and normalisation as the loader's batch hook) and the model.
+(batched augmentation and normalisation as the loader's batch hook), the model
+and its training run.
 
 ``net`` is a params section with ``model``, ``augment`` and ``train``: ``lenet``
 (train_lenet) or ``dcgan.feature_net`` (train_fid_lenet, the DCGAN's metric network)."""
@@ -10,11 +11,18 @@ from pathlib import Path
 
 import torch
 
+from dlpipe import tensor_io
 from dlpipe.config import Augment, FeatureNet, LeNetModel
 from dlpipe.data.augment import EvalTransform, Normalize, TrainTransform
-from dlpipe.data.classifier_prepared import load_split
+from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta, load_split
 from dlpipe.data.loaders import TensorLoader
 from dlpipe.models.lenet import LeNet
+from dlpipe.training import loop
+from dlpipe.training.accel import OFF, Accel
+from dlpipe.training.checkpoint import run_identity
+from dlpipe.training.loop import FitResult
+from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.tasks import classification
 
 LR_FIND_JSON = Path("reports/lr_find/lenet.json")
 WEIGHTS = Path("models/lenet.pt")
@@ -53,3 +61,25 @@ def build_model(net: LeNetModel | FeatureNet, seed: int, num_classes: int, devic
         torch.manual_seed(seed)  # same initial weights for the range test and training
     arch = net.model
     return LeNet(num_classes, tuple(arch.channels), tuple(arch.hidden)).to(device)
+
+
+def fit(net: LeNetModel | FeatureNet, seed: int, lr: float, device: torch.device, *, stage: str, params,
+        weights: Path, checkpoint: Path, history: Path, accel: Accel = OFF) -> tuple[FitResult, dict]:
+    """Train ``net``'s LeNet on the prepared training split with the shared loop (best epoch by
+    validation accuracy, a resumable checkpoint each epoch) and save its best weights; the
+    training stage of either LeNet (train_lenet, train_fid_lenet). ``stage``: its ``__name__``."""
+    meta = load_meta()
+    train, val = train_loader(net, seed, meta, device), eval_loader("val", meta, device)
+    model = build_model(net, seed, len(meta["class_names"]), device)
+    accel.prepare(model)
+    optimizer = build_optimizer(model.parameters(), net.train, lr)
+    scheduler, per_batch = build_scheduler(optimizer, net.train, len(train))
+    result = loop.fit(
+        model, train, val, classification(), optimizer, scheduler, per_batch,
+        epochs=net.train.epochs, patience=net.train.patience, min_delta=net.train.min_delta,
+        checkpoint_path=checkpoint, params_hash=run_identity(
+            stage, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON], lr=lr),
+        history_path=history, name=stage.rpartition(".")[2], accel=accel,
+    )
+    tensor_io.save_weights(weights, result.best_state)
+    return result, meta

@@ -12,16 +12,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dlpipe import runtime, tensor_io
+from dlpipe import runtime
 from dlpipe.config import Params
-from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta
+from dlpipe.data.classifier_prepared import PREPARED_DIR
 from dlpipe.declare import Stage
-from dlpipe.stages._lenet import CHECKPOINT, LR_FIND_JSON, WEIGHTS, build_model, eval_loader, train_loader
-from dlpipe.training import loop, lr_finder
+from dlpipe.stages._lenet import CHECKPOINT, LR_FIND_JSON, WEIGHTS, fit
+from dlpipe.training import lr_finder
 from dlpipe.training.accel import Accel
-from dlpipe.training.checkpoint import run_identity
-from dlpipe.training.schedules import build_optimizer, build_scheduler
-from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
 HISTORY = Path("reports/plots/lenet/history.csv")
@@ -41,20 +38,7 @@ def main(params: Params) -> None:
     device = runtime.setup(params.seed, params.device)
     cfg = params.lenet.train
     lr = lr_finder.resolve_lr(cfg.lr, LR_FIND_JSON, "lenet.train.lr")
-    meta = load_meta()
-    train, val = train_loader(params.lenet, params.seed, meta, device), eval_loader("val", meta, device)
-    model = build_model(params.lenet, params.seed, len(meta["class_names"]), device)
-    accel = Accel.from_params(params.accel, device)
-    accel.prepare(model)
-    optimizer = build_optimizer(model.parameters(), cfg, lr)
-    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
-    result = loop.fit(
-        model, train, val, classification(), optimizer, scheduler, per_batch,
-        epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
-        checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON], lr=lr),
-        history_path=HISTORY, name="train_lenet", accel=accel,
-    )
-    tensor_io.save_weights(WEIGHTS, result.best_state)
+    result, meta = fit(params.lenet, params.seed, lr, device, stage=__name__, params=params, weights=WEIGHTS,
+                       checkpoint=CHECKPOINT, history=HISTORY, accel=Accel.from_params(params.accel, device))
     log.info("lenet on %s: best val_accuracy %.4f at epoch %d of %d (lr %.4g)", meta["dataset"],
              result.best_metric, result.best_epoch, result.epochs_run, lr)
