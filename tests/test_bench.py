@@ -125,7 +125,7 @@ def test_dcgan_pipeline_step_and_bare_step_compute_the_same():
 
 def test_incremental_rerun_expected_from_the_graph():
     stages = load_stages(REPO / "dvc.yaml")
-    assert pipeline_run.expected_rerun(stages, "houses.train.epochs") == ["train_houses", "submission_houses", "report"]
+    assert pipeline_run.expected_rerun(stages, "houses.train.epochs") == ["train_houses", "evaluate_houses", "report"]
     # The DCGAN's FID has its own LeNet (train_fid_lenet): LeNet's training knobs leave it alone.
     assert "evaluate_dcgan" not in pipeline_run.expected_rerun(stages, "lenet.train.lr")
     assert "evaluate_dcgan" in pipeline_run.expected_rerun(stages, "dcgan.feature_net.train.lr")
@@ -164,8 +164,8 @@ def fake_results() -> dict:
         "pipeline": {"wall_s": 300.0, "peak_tree_rss_mib": 1200.0, "polled_tree_rss_mib": 1100.0,
                      "max_process_rss_mib": 1200.0, "lr_find_fraction": {"lenet": 0.2},
                      "noop": {"median_s": {"dvc_repro": 1.1, "snakemake": 3.5, "dvc_status": 0.9}},
-                     "incremental": {"ran": ["train_houses", "submission_houses", "report"], "changed": "k=1",
-                                     "expected": ["train_houses", "submission_houses", "report"]}},
+                     "incremental": {"ran": ["train_houses", "evaluate_houses", "report"], "changed": "k=1",
+                                     "expected": ["train_houses", "evaluate_houses", "report"]}},
         "overhead": {"lenet": {**compare({"pipeline": [1.05, 1.02], "bare": [1.0, 1.0]}, "pipeline", "bare"),
                                "pipeline_per_s": 9.0, "bare_per_s": 10.0, "batch_size": 64},
                      "dcgan": {"skipped": "no data"}},
@@ -225,7 +225,7 @@ def test_cli_quick_tuning_writes_bench_json(tmp_path):
 
 
 def test_incremental_bar_allows_skipped_downstream_but_nothing_outside():
-    expected = ["train_houses", "submission_houses", "report"]
+    expected = ["train_houses", "evaluate_houses", "report"]
     # DVC skips a downstream stage whose inputs came out byte-identical: still within the bar.
     assert summary.only_downstream(["train_houses", "report"], expected)
     assert summary.only_downstream(expected, expected)

@@ -40,7 +40,7 @@ def make_params(folder: Path, overrides: dict):
         set_key(raw, key, value)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return load_params(path, REPO / "workflow/schemas/params.schema.yaml")
+    return load_params(path)
 
 
 # --------------------------------------------------------------------------- tiny CIFAR-10
@@ -166,10 +166,10 @@ def assert_untouched(before: dict[str, bytes]) -> None:
 
 
 def test_cifar10_fetch_and_prepare_from_the_local_server(cifar_server, in_tmp):
-    params = make_params(in_tmp, {"data.classifier.name": "cifar10",
-                                  "data.classifier.cifar10_url": f"{cifar_server.url}/{ARCHIVE}",
-                                  "data.classifier.cifar10_md5": md5(cifar_server.root_dir / ARCHIVE),
-                                  "prepare.classifier.val_fraction": 0.2})
+    params = make_params(in_tmp, {"lenet.data.name": "cifar10",
+                                  "lenet.data.cifar10_url": f"{cifar_server.url}/{ARCHIVE}",
+                                  "lenet.data.cifar10_md5": md5(cifar_server.root_dir / ARCHIVE),
+                                  "lenet.prepare.val_fraction": 0.2})
     seen = len(cifar_server.requests)
     fetch_classifier.main(params)
     assert cifar_server.requests[seen:] == [f"/{ARCHIVE}"]
@@ -200,7 +200,7 @@ def test_cifar10_fetch_and_prepare_from_the_local_server(cifar_server, in_tmp):
 
 def test_wrong_md5_is_refused_and_the_previous_output_kept(cifar_server, previous_output):
     cfg = cfg_for(cifar_server, ARCHIVE, checksum="0" * 32)
-    with pytest.raises(PipelineError, match=r"md5 is [0-9a-f]{32}, expected 0{32} \(params 'data.classifier.cifar10_md5'\)"):
+    with pytest.raises(PipelineError, match=r"md5 is [0-9a-f]{32}, expected 0{32} \(params 'lenet.data.cifar10_md5'\)"):
         fetch(cfg, RAW_DIR)
     assert_untouched(previous_output)
 
@@ -317,7 +317,7 @@ def test_digits_fetch_and_prepare(in_tmp):
     splits = {s: torch.load(PREPARED_DIR / f"{s}.pt", weights_only=True) for s in ("train", "val", "test")}
     sizes = {s: len(t["labels"]) for s, t in splits.items()}
     assert sum(sizes.values()) == 1797
-    cfg = params.prepare.classifier
+    cfg = params.lenet.prepare
     assert sizes["test"] == pytest.approx(1797 * cfg.test_fraction, abs=10)
     assert sizes["val"] == pytest.approx(1797 * cfg.val_fraction, abs=10)
     for tensors in splits.values():
@@ -348,10 +348,10 @@ def test_prepare_without_fetch_names_the_missing_file(in_tmp):
 def test_tiny_cifar10_trains_and_evaluates(cifar_server, in_tmp, caplog):
     from dlpipe.stages import evaluate_lenet, lr_find_lenet, train_lenet
 
-    params = make_params(in_tmp, {"data.classifier.name": "cifar10",
-                                  "data.classifier.cifar10_url": f"{cifar_server.url}/{ARCHIVE}",
-                                  "data.classifier.cifar10_md5": md5(cifar_server.root_dir / ARCHIVE),
-                                  "lr_find.lenet.num_iter": 10, "lenet.train.epochs": 2,
+    params = make_params(in_tmp, {"lenet.data.name": "cifar10",
+                                  "lenet.data.cifar10_url": f"{cifar_server.url}/{ARCHIVE}",
+                                  "lenet.data.cifar10_md5": md5(cifar_server.root_dir / ARCHIVE),
+                                  "lenet.lr_find.num_iter": 10, "lenet.train.epochs": 2,
                                   "lenet.train.batch_size": 16})
     with caplog.at_level("INFO"):
         for stage in (fetch_classifier, prepare_classifier, lr_find_lenet, train_lenet, evaluate_lenet):

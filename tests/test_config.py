@@ -4,7 +4,6 @@ offending dotted key named, by the loader, the CLI, and Snakemake alike."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,12 @@ import torch
 import yaml
 
 from conftest import engine_env, set_key
-from dlpipe.config import Params, load_params
+from dlpipe.config import SGD, Adam, Params, StepSchedule, load_params
 from dlpipe.errors import PipelineError
 from dlpipe.runtime import select_device
 from test_engines_graph import _snakemake_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow/schemas/params.schema.yaml"
 BIN = Path(sys.executable).parent
 SENTINEL = "SENTINEL_VALUE_TO_REPLACE"
 
@@ -68,11 +66,16 @@ BAD = [
     ("lr-negative", {"houses.train.lr": -0.001}, (), None, "houses.train.lr"),
     ("batch-size-zero", {"houses.train.batch_size": 0}, (), None, "houses.train.batch_size"),
     ("device-tpu", {"device": "tpu"}, (), None, "device"),
-    ("optimizer-unknown", {"houses.train.optimizer": "rmsprop"}, (), None, "houses.train.optimizer"),
+    ("optimizer-unknown", {"houses.train.optimizer.name": "rmsprop"}, (), None, "houses.train.optimizer.name"),
+    ("optimizer-not-a-block", {"houses.train.optimizer": "adam"}, (), None, "houses.train.optimizer"),
+    # Option blocks take only the chosen option's keys.
+    ("momentum-beside-adam", {"houses.train.optimizer.momentum": 0.9}, (), None, "houses.train.optimizer.momentum"),
+    ("step-size-beside-onecycle", {"lenet.train.schedule.step_size": 10}, (), None, "lenet.train.schedule.step_size"),
     ("lr-1e-3-no-dot", {"houses.train.lr": SENTINEL}, (), "1e-3", "houses.train.lr"),
-    ("val-fraction-1.5", {"prepare.houses.val_fraction": 1.5}, (), None, "prepare.houses.val_fraction"),
-    ("sha256-not-hex", {"data.houses.sha256": lambda old: {**old, "train.csv": "xyz"}}, (), None,
-     "data.houses.sha256.train.csv"),
+    ("val-fraction-1.5", {"houses.prepare.val_fraction": 1.5}, (), None, "houses.prepare.val_fraction"),
+    ("sha256-not-hex", {"houses.data.sha256": lambda old: {**old, "train.csv": "xyz"}}, (), None,
+     "houses.data.sha256.train.csv"),
+    ("lr-find-in-the-old-place", {"lr_find": {"houses": {}}}, (), None, "lr_find"),
     ("hidden-empty", {"houses.model.hidden": []}, (), None, "houses.model.hidden"),
 ]
 
@@ -83,21 +86,24 @@ def test_real_params_yaml_loads_into_frozen_dataclasses():
     assert isinstance(params, Params)
     assert params.raw == raw
     assert params.seed == raw["seed"] and params.device == raw["device"]
-    assert params.data.houses.sha256 == raw["data"]["houses"]["sha256"]
+    assert params.houses.data.sha256 == raw["houses"]["data"]["sha256"]
     assert params.houses.model.hidden == tuple(raw["houses"]["model"]["hidden"])
     assert params.houses.train.epochs == raw["houses"]["train"]["epochs"]
-    assert params.prepare.houses.val_fraction == raw["prepare"]["houses"]["val_fraction"]
+    assert params.houses.prepare.val_fraction == raw["houses"]["prepare"]["val_fraction"]
+    # An option block becomes the dataclass of the chosen option.
+    assert params.houses.train.optimizer == Adam(**raw["houses"]["train"]["optimizer"])
+    assert params.lenet.train.optimizer == SGD(**raw["lenet"]["train"]["optimizer"])
     with pytest.raises(AttributeError):
         params.seed = 1  # frozen
 
 
 def test_good_variant_loads_number_lr_and_int_as_float(tmp_path):
     path = write_variant(tmp_path / "params.yaml",
-                         {"houses.train.lr": SENTINEL, "prepare.houses.outlier_min_living_area": 3000},
+                         {"houses.train.lr": SENTINEL, "houses.prepare.outlier_min_living_area": 3000},
                          literal="1.0e-3")
-    params = load_params(path, schema_path=SCHEMA)
+    params = load_params(path)
     assert params.houses.train.lr == pytest.approx(1.0e-3) and isinstance(params.houses.train.lr, float)
-    assert isinstance(params.prepare.houses.outlier_min_living_area, float)
+    assert isinstance(params.houses.prepare.outlier_min_living_area, float)
     # Checkpoint identity follows the values of the named sections.
     base = load_params(REPO / "params.yaml")
     assert params.section_hash("houses.train") != base.section_hash("houses.train")
@@ -108,7 +114,7 @@ def test_good_variant_loads_number_lr_and_int_as_float(tmp_path):
 def test_bad_params_are_refused_naming_the_key(tmp_path, sets, deletes, literal, key):
     path = write_variant(tmp_path / "bad.yaml", sets, deletes, literal)
     with pytest.raises(PipelineError) as info:
-        load_params(path, schema_path=SCHEMA)
+        load_params(path)
     message = str(info.value)
     assert f"'{key}'" in message
     assert str(path) in message  # ...and the file
@@ -123,13 +129,30 @@ def test_yaml_reads_1e_minus_3_without_dot_as_a_string(tmp_path):
 def test_missing_required_key_is_named_with_its_section(tmp_path):
     path = write_variant(tmp_path / "bad.yaml", deletes=("houses.train.epochs",))
     with pytest.raises(PipelineError, match=r"'epochs' is a required property in 'houses\.train'"):
-        load_params(path, schema_path=SCHEMA)
+        load_params(path)
 
 
 def test_missing_top_level_section_is_named(tmp_path):
-    path = write_variant(tmp_path / "bad.yaml", deletes=("prepare",))
-    with pytest.raises(PipelineError, match=r"'prepare' is a required property"):
-        load_params(path, schema_path=SCHEMA)
+    path = write_variant(tmp_path / "bad.yaml", deletes=("lenet",))
+    with pytest.raises(PipelineError, match=r"'lenet' is a required property"):
+        load_params(path)
+
+
+def test_an_option_key_of_another_option_is_refused_saying_which_keys_apply(tmp_path):
+    path = write_variant(tmp_path / "bad.yaml", {"houses.train.optimizer.momentum": 0.9})
+    with pytest.raises(PipelineError) as info:
+        load_params(path)
+    assert ("unknown key 'houses.train.optimizer.momentum' (allowed with name adam or adamw: name, weight_decay)"
+            in str(info.value))
+
+
+def test_the_chosen_option_needs_its_own_keys(tmp_path):
+    path = write_variant(tmp_path / "bad.yaml", {"houses.train.optimizer": {"name": "sgd", "weight_decay": 0.1}})
+    with pytest.raises(PipelineError, match=r"'momentum' is a required property in 'houses\.train\.optimizer'"):
+        load_params(path)
+    path = write_variant(tmp_path / "step.yaml", {"houses.train.schedule": {"name": "step", "step_size": 5,
+                                                                             "gamma": 0.5}})
+    assert load_params(path).houses.train.schedule == StepSchedule("step", 5, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +164,7 @@ def test_params_file_that_is_not_yaml(tmp_path, text, where):
     path = tmp_path / "broken.yaml"
     path.write_text(text)
     with pytest.raises(PipelineError, match=r"not valid YAML") as info:
-        load_params(path, schema_path=SCHEMA)
+        load_params(path)
     message = str(info.value)
     assert str(path) in message and where in message
     assert "\n" not in message  # the CLI prints it as one line
@@ -151,13 +174,13 @@ def test_params_file_that_is_not_text(tmp_path):
     path = tmp_path / "binary.yaml"
     path.write_bytes(bytes(range(128, 256)))
     with pytest.raises(PipelineError, match=r"not valid YAML: not UTF-8 text") as info:
-        load_params(path, schema_path=SCHEMA)
+        load_params(path)
     assert str(path) in str(info.value)
 
 
 def test_params_path_that_is_a_folder(tmp_path):
     with pytest.raises(PipelineError, match=r"cannot read the params file") as info:
-        load_params(tmp_path, schema_path=SCHEMA)
+        load_params(tmp_path)
     assert str(tmp_path) in str(info.value)
 
 
@@ -166,25 +189,20 @@ def test_params_file_that_is_yaml_but_not_a_mapping(tmp_path, text):
     path = tmp_path / "odd.yaml"
     path.write_text(text)
     with pytest.raises(PipelineError, match="is not of type 'object'") as info:
-        load_params(path, schema_path=SCHEMA)
+        load_params(path)
     assert str(path) in str(info.value)
 
 
 def test_missing_params_file(tmp_path):
     path = tmp_path / "nope.yaml"
     with pytest.raises(PipelineError, match=r"params file not found") as info:
-        load_params(path, schema_path=SCHEMA)
+        load_params(path)
     assert str(path) in str(info.value)
 
 
-def test_missing_schema_is_named(tmp_path):
-    path = write_variant(tmp_path / "params.yaml")
-    with pytest.raises(PipelineError, match="params schema not found"):
-        load_params(path)  # no workflow/schemas beside it
-
-
-def test_schema_is_found_beside_the_params_file(tmp_path):
-    shutil.copytree(REPO / "workflow/schemas", tmp_path / "workflow/schemas")
+def test_a_params_file_anywhere_is_validated(tmp_path):
+    """The schema comes from the typed params, not from a file beside params.yaml."""
+    assert load_params(write_variant(tmp_path / "elsewhere.yaml")).seed == real_raw()["seed"]
     path = write_variant(tmp_path / "params.yaml", {"houses.train.batch_size": 0})
     with pytest.raises(PipelineError, match=re.escape("'houses.train.batch_size'")):
         load_params(path)
@@ -196,7 +214,6 @@ def _cli(cwd: Path, params: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_exits_2_with_one_error_line_and_no_traceback(tmp_path):
-    shutil.copytree(REPO / "workflow/schemas", tmp_path / "workflow/schemas")
     write_variant(tmp_path / "bad.yaml", {"houses.train.epochs": "ten"})
     proc = _cli(tmp_path, "bad.yaml")
     assert proc.returncode == 2, proc.stderr
@@ -205,7 +222,7 @@ def test_cli_exits_2_with_one_error_line_and_no_traceback(tmp_path):
     assert len(errors) == 1, proc.stderr
     assert "'houses.train.epochs'" in errors[0] and "bad.yaml" in errors[0]
     # Refused before any work: nothing was written beside the params.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "workflow"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
 @pytest.mark.parametrize("content", ["seed: [1, 2\ndevice: cpu\n", None], ids=["not-yaml", "missing"])

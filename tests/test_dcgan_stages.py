@@ -75,9 +75,9 @@ def test_folder_source_reads_resizes_and_crops(tmp_path):
 def test_folder_source_errors_name_the_folder(tmp_path, setup, message):
     root = tmp_path / "celeba"
     setup(root)
-    with pytest.raises(PipelineError, match=rf"{root}: the folder of GAN images \('data.gan.folder'\) {message}"):
+    with pytest.raises(PipelineError, match=rf"{root}: the folder of GAN images \('dcgan.data.folder'\) {message}"):
         gan_images.list_images(root)
-    with pytest.raises(PipelineError, match="'data.gan.folder' is empty"):
+    with pytest.raises(PipelineError, match="'dcgan.data.folder' is empty"):
         gan_images.list_images("")
 
 
@@ -222,15 +222,15 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(classifier_run, tmp_
 
 
 def test_gan_data_must_match_the_classifier_data(classifier_run, tmp_path, monkeypatch):
-    params = workspace(classifier_run, tmp_path, {"data.gan.name": "cifar10"})
+    params = workspace(classifier_run, tmp_path, {"dcgan.data.name": "cifar10"})
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(PipelineError, match="'data.gan.name' is 'cifar10' but data/prepared/classifier holds digits"):
+    with pytest.raises(PipelineError, match="'dcgan.data.name' is 'cifar10' but data/prepared/classifier holds digits"):
         prepare_gan.main(params)
 
 
 def test_folder_source_through_the_stages(classifier_run, tmp_path, monkeypatch):
     write_pictures(tmp_path / "pictures", [(48, 40)] * 12)
-    params = workspace(classifier_run, tmp_path, {"data.gan.name": "folder", "data.gan.folder": "pictures",
+    params = workspace(classifier_run, tmp_path, {"dcgan.data.name": "folder", "dcgan.data.folder": "pictures",
                                                   "dcgan.image_size": 64, "dcgan.train.epochs": 1})
     monkeypatch.chdir(tmp_path)
     prepare_gan.main(params)
@@ -244,7 +244,7 @@ def test_folder_source_through_the_stages(classifier_run, tmp_path, monkeypatch)
 
 
 def test_missing_folder_fails_before_any_output(classifier_run, tmp_path, monkeypatch):
-    params = workspace(classifier_run, tmp_path, {"data.gan.name": "folder", "data.gan.folder": "nowhere"})
+    params = workspace(classifier_run, tmp_path, {"dcgan.data.name": "folder", "dcgan.data.folder": "nowhere"})
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PipelineError, match="nowhere: the folder of GAN images .* does not exist"):
         prepare_gan.main(params)

@@ -33,7 +33,7 @@ import yaml
 from dlpipe.models.mlp import HouseMLP
 from dlpipe.workflow_graph import is_directory, load_stages, produced_by
 
-HOUSES = ("fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "submission_houses")
+HOUSES = ("fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "evaluate_houses")
 OUTPUT_ROOTS = ("data", "models", "reports", "checkpoints")
 ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}  # engine bookkeeping, not pipeline outputs
 METRICS = "reports/metrics/houses.json"
@@ -251,7 +251,7 @@ def test_first_dvc_repro_writes_the_houses_output_contract(dvc_run):
     record = json.loads((repo / "reports/lr_find/houses.json").read_text())
     assert len(record["lrs"]) == len(record["losses"]) > 1
     assert record["lrs"] == sorted(record["lrs"])
-    assert record["rule"] == get_param(repo, "lr_find.houses.rule")
+    assert record["rule"] == get_param(repo, "houses.lr_find.rule")
     assert record["suggested_lr"] == record["suggestions"][record["rule"]]
     assert (repo / "reports/lr_find/houses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -294,14 +294,14 @@ def test_new_epoch_count_reruns_only_train_and_submission(dvc_run, tmp_path):
     assert status["report"] == [{"changed deps": {"params.yaml": "modified"}}]
 
     out, _ = sh(["dvc", "repro"], repo, env)
-    assert _RAN.findall(out) == ["train_houses", "submission_houses", "report"], out[-3000:]
+    assert _RAN.findall(out) == ["train_houses", "evaluate_houses", "report"], out[-3000:]
     skipped = set(_SKIPPED.findall(out))
     assert {"fetch_houses", "prepare_houses", "lr_find_houses"} <= skipped
-    assert skipped == set(stage_names(repo)) - {"train_houses", "submission_houses", "report"}
+    assert skipped == set(stage_names(repo)) - {"train_houses", "evaluate_houses", "report"}
 
     # Rewritten: what the three stages make (and the training checkpoint); the rest untouched.
     rerun = {out for stage in load_stages(repo / "dvc.yaml")
-             if stage.name in ("train_houses", "submission_houses", "report")
+             if stage.name in ("train_houses", "evaluate_houses", "report")
              for out in stage.outs} | {"checkpoints/houses"}
     after = output_files(repo)
     assert set(after) == set(before)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlpipe import declare
+from dlpipe import config, declare
 from dlpipe.errors import PipelineError
 from dlpipe.workflow_graph import (
     is_directory,
@@ -28,7 +28,7 @@ from dlpipe.workflow_graph import (
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv running the tests holds both engines
-HOUSES = {"fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "submission_houses"}
+HOUSES = {"fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "evaluate_houses"}
 
 _NODE = re.compile(r'^\s*("[^"]+"|\w+)\s*(\[(?P<attrs>.*)\])?\s*;?\s*$')
 _EDGE = re.compile(r'^\s*("[^"]+"|\w+)\s*->\s*("[^"]+"|\w+)')
@@ -174,7 +174,7 @@ def test_real_dvc_yaml_train_stage():
     train = stages["train_houses"]
     assert "checkpoints/houses" not in train.outs  # persisted: a cache, not a product
     assert "models/houses.pt" in train.outs
-    assert "reports/metrics/houses.json" in stages["submission_houses"].outs
+    assert "reports/metrics/houses.json" in stages["evaluate_houses"].outs
     assert produced_by(list(stages.values()))["data/prepared/houses"] == "prepare_houses"
 
 
@@ -221,16 +221,24 @@ def test_source_files_lists_code_not_caches(tmp_path):
     assert source_files("src/missing", root=tmp_path) == ["src/missing"]
 
 
-def test_dvc_yaml_is_what_the_stage_declarations_generate(tmp_path):
-    """dvc.yaml is generated (dlpipe.declare): a hand edit or a forgotten `make generate` fails here."""
+def test_generated_files_are_what_the_declarations_give(tmp_path):
+    """dvc.yaml (from the stage declarations) and the params schema (from dlpipe.config's
+    dataclasses) are generated: a hand edit or a forgotten `make generate` fails here."""
     check = [sys.executable, "-m", "dlpipe.declare", "--check"]
     done = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (REPO / "dvc.yaml").read_text().startswith(declare.HEADER)
-    stale = tmp_path / "dvc.yaml"
-    stale.write_text((REPO / "dvc.yaml").read_text().replace("- houses.train\n", "", 1))
-    done = subprocess.run([*check, "--output", str(stale)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "is stale: run `make generate`" in done.stderr
+    schema_file = REPO / "workflow/schemas/params.schema.yaml"
+    for stale_one in ("dvc.yaml", "workflow/schemas/params.schema.yaml"):
+        root = tmp_path / stale_one.replace("/", "_")
+        for rel in ("dvc.yaml", "workflow/schemas/params.schema.yaml"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text((REPO / rel).read_text())
+        edited = root / stale_one
+        edited.write_text(edited.read_text() + "# a hand edit\n")
+        done = subprocess.run([*check, "--root", str(root)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1 and f"{edited} is stale: run `make generate`" in done.stderr, done.stderr
+    assert yaml.safe_load(schema_file.read_text()) == config.schema()
 
 
 def test_code_deps_follow_the_real_imports():

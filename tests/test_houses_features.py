@@ -42,7 +42,7 @@ def frames(raw_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_params(REPO / "params.yaml").prepare.houses
+    return load_params(REPO / "params.yaml").houses.prepare
 
 
 def feature_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from dlpipe.config import Augment
+from dlpipe.config import LeNetAugment
 from dlpipe.data.augment import EvalTransform, Normalize, TrainTransform, random_crop_flip
 from dlpipe.data.classifier_prepared import load_meta, load_split
 from dlpipe.errors import PipelineError
@@ -108,7 +108,7 @@ def test_normalize_uses_the_given_statistics():
     ("auto", "digits", False), ("auto", "cifar10", True), (True, "digits", True), (False, "cifar10", False),
 ])
 def test_flip_auto_mirrors_photos_not_digits(flip, dataset, expected):
-    assert flip_enabled(Augment(crop_padding=4, flip=flip), dataset) is expected
+    assert flip_enabled(LeNetAugment(crop_padding=4, flip=flip), dataset) is expected
 
 
 # --------------------------------------------------------------------------- model and task
@@ -149,7 +149,7 @@ def test_classification_task_keeps_the_later_of_equal_accuracies():
 # --------------------------------------------------------------------------- a tiny real run
 
 
-TINY = {"lr_find.lenet.num_iter": 20, "lenet.train.epochs": 2, "lenet.train.max_batches": 3}
+TINY = {"lenet.lr_find.num_iter": 20, "lenet.train.epochs": 2, "lenet.train.max_batches": 3}
 
 
 @pytest.fixture

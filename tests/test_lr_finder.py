@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch_lr_finder import LRFinder
 
-from dlpipe.config import LRFind
+from dlpipe.config import LRRangeTest
 from dlpipe.data.loaders import TensorLoader
 from dlpipe.training import lr_finder
 
@@ -39,7 +39,7 @@ def mse(out, target):
     return torch.mean((out - target) ** 2)
 
 
-CFG = LRFind(start_lr=1e-5, end_lr=10.0, num_iter=100, step_mode="exp", smooth=0.05,
+CFG = LRRangeTest(start_lr=1e-5, end_lr=10.0, num_iter=100, step_mode="exp", smooth=0.05,
              diverge_threshold=5.0, rule="valley")
 
 
@@ -86,7 +86,7 @@ def test_model_and_optimizer_are_restored():
 
 
 def test_linear_sweep_steps_evenly():
-    cfg = LRFind(start_lr=0.01, end_lr=0.5, num_iter=20, step_mode="linear", smooth=0.0,
+    cfg = LRRangeTest(start_lr=0.01, end_lr=0.5, num_iter=20, step_mode="linear", smooth=0.0,
                  diverge_threshold=5.0, rule="min_div_10")
     record, *_ = run_range_test(cfg)
     steps = np.diff(record["lrs"])

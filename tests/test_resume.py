@@ -32,7 +32,7 @@ EPOCHS = 3
 # Per training stage: params that give it EPOCHS epochs of a few batches, its
 # checkpoint, and the stage that turns its weights into metrics.
 STAGES = {
-    "train_houses": ({"houses.train.epochs": EPOCHS}, "checkpoints/houses", "submission_houses"),
+    "train_houses": ({"houses.train.epochs": EPOCHS}, "checkpoints/houses", "evaluate_houses"),
     "train_lenet": ({"lenet.train.epochs": EPOCHS, "lenet.train.max_batches": 4}, "checkpoints/lenet",
                     "evaluate_lenet"),
     "train_fid_lenet": ({"dcgan.feature_net.train.epochs": EPOCHS, "dcgan.feature_net.train.max_batches": 4},
@@ -177,7 +177,7 @@ def test_same_params_give_the_same_bytes_and_a_killed_run_resumes_to_them(stage,
 def test_other_params_start_afresh_and_say_so(base, tmp_path):
     root = fresh_workspace(base, tmp_path / "w", "train_houses")
     killed(dlpipe("train_houses", root, fault="epoch_end:1"))
-    write_params(root / "params.yaml", {"houses.train.weight_decay": 0.05})
+    write_params(root / "params.yaml", {"houses.train.optimizer.weight_decay": 0.05})
     clear_outputs(root, "train_houses")
     log = ok(dlpipe("train_houses", root))
     assert "checkpoints/houses/last.pt was made with other params; starting afresh" in log

@@ -14,7 +14,7 @@ profile asks for; the outputs must equal, bit for bit, those of a local
 deterministic; the thread counts differ between the two profiles and do not
 change the bits).
 
-The target is the houses and LeNet chains (``submission_houses`` and
+The target is the houses and LeNet chains (``evaluate_houses`` and
 ``evaluate_lenet`` and every stage upstream: 10 stages in 5 levels), not the
 whole graph. Each level costs about 30 s on the cluster whatever the stage
 does (sbatch, a Snakemake start-up inside the job, the plugin's status polling,
@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 WHY_NOT = slurm_cluster.why_not()
 OUTPUT_ROOTS = ("data", "models", "reports", "checkpoints")
 ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}
-TARGETS = ["submission_houses", "evaluate_lenet"]
+TARGETS = ["evaluate_houses", "evaluate_lenet"]
 SLURM_RUN = ["snakemake", "--executor", "slurm", "--workflow-profile", "workflow/profiles/slurm",
              # test-only: poll soon (the default waits 40 s before the first check). The plugin
              # adds 10 s after each check that finds no job finished: checks at 5, 20, 45 s

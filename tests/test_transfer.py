@@ -17,7 +17,7 @@ import torch
 import torchvision
 import yaml
 
-from dlpipe.config import LRFind, Train
+from dlpipe.config import LRRangeTest, PlainSchedule, SGD, Train
 from dlpipe.errors import PipelineError
 from dlpipe.models.lenet import LeNet
 from dlpipe.models.resnet import GROUPS, ResNet18, group_lrs, imagenet_file, load_backbone
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "transfer.augment.image_size": 32,
     "transfer.pretrain.train.epochs": 1, "transfer.pretrain.train.max_batches": 2,
-    "lr_find.transfer_head.num_iter": 10, "lr_find.transfer_finetune.num_iter": 10,
+    "transfer.head.lr_find.num_iter": 10, "transfer.finetune.lr_find.num_iter": 10,
     "transfer.head.train.epochs": 2, "transfer.head.train.max_batches": 2,
     "transfer.finetune.train.epochs": 2, "transfer.finetune.train.max_batches": 2,
 }
@@ -173,7 +173,7 @@ def test_range_test_sweeps_the_last_groups_lr_with_the_others_at_their_share():
     optimizer = RecordingSGD([{"params": model[0].parameters(), "lr": 0.5}, {"params": model[2].parameters(), "lr": 0.5}],
                              lr=0.5, momentum=0.9)
     optimizer.seen = []
-    cfg = LRFind(start_lr=1e-4, end_lr=1.0, num_iter=12, step_mode="exp", smooth=0.05, diverge_threshold=1e6,
+    cfg = LRRangeTest(start_lr=1e-4, end_lr=1.0, num_iter=12, step_mode="exp", smooth=0.05, diverge_threshold=1e6,
                  rule="valley")
     record = lr_finder.range_test(model, optimizer, torch.nn.functional.cross_entropy, loader, cfg,
                                   torch.device("cpu"), lr_ratios=[0.01, 1.0])
@@ -187,8 +187,8 @@ def test_range_test_sweeps_the_last_groups_lr_with_the_others_at_their_share():
 
 def test_finetune_optimizer_and_one_cycle_use_each_groups_lr():
     model = ResNet18(2)
-    cfg = Train(lr=0.01, optimizer="sgd", weight_decay=0.0, batch_size=8, epochs=3, schedule="onecycle",
-                patience=0, min_delta=0.0)
+    cfg = Train(lr=0.01, optimizer=SGD("sgd", weight_decay=0.0, momentum=0.9), schedule=PlainSchedule("onecycle"),
+                batch_size=8, epochs=3, patience=0, min_delta=0.0)
     optimizer = build_optimizer(tr.finetune_groups(model, 0.01, 100), cfg, 0.01)
     lrs = group_lrs(0.01, 100)
     scheduler, per_batch = build_scheduler(optimizer, cfg, steps_per_epoch=4)
@@ -276,8 +276,9 @@ def test_stage2_starts_from_the_head_stages_weights(run_copy):
 def test_the_best_not_the_last_weights_are_kept(run_copy):
     # A constant, far too large LR for the new fc: validation accuracy climbs,
     # then collapses; on the CPU this is deterministic for the seed.
-    params = run_copy({"transfer.head.train.lr": 1.0, "transfer.head.train.optimizer": "sgd",
-                       "transfer.head.train.schedule": "constant", "transfer.head.train.epochs": 4})
+    params = run_copy({"transfer.head.train.lr": 1.0,
+                       "transfer.head.train.optimizer": {"name": "sgd", "weight_decay": 1.0e-4, "momentum": 0.9},
+                       "transfer.head.train.schedule": {"name": "constant"}, "transfer.head.train.epochs": 4})
     train_transfer_head.main(params)
     rows = history(Path("reports/plots/transfer/head_history.csv"))
     accuracies = [float(r["val_accuracy"]) for r in rows]

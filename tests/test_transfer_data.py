@@ -170,10 +170,10 @@ def test_prepare_without_fetch_names_the_stage(in_tmp):
 
 
 def test_hymenoptera_fetch_and_prepare_from_the_local_server(zip_server, in_tmp):
-    params = make_params(in_tmp, {"data.transfer.name": "hymenoptera",
-                                  "data.transfer.hymenoptera_url": f"{zip_server.url}/{ZIP}",
-                                  "data.transfer.hymenoptera_md5": md5(zip_server.root_dir / ZIP),
-                                  "prepare.transfer.max_side": 45})
+    params = make_params(in_tmp, {"transfer.data.name": "hymenoptera",
+                                  "transfer.data.hymenoptera_url": f"{zip_server.url}/{ZIP}",
+                                  "transfer.data.hymenoptera_md5": md5(zip_server.root_dir / ZIP),
+                                  "transfer.prepare.max_side": 45})
     seen = len(zip_server.requests)
     fetch_transfer.main(params)
     assert zip_server.requests[seen:] == [f"/{ZIP}"]
@@ -197,7 +197,7 @@ def test_hymenoptera_fetch_and_prepare_from_the_local_server(zip_server, in_tmp)
 
 
 def test_wrong_md5_is_refused_and_the_previous_output_kept(zip_server, previous_output):
-    with pytest.raises(PipelineError, match=r"md5 is [0-9a-f]{32}, expected f{32} \(params 'data.transfer.hymenoptera_md5'\)"):
+    with pytest.raises(PipelineError, match=r"md5 is [0-9a-f]{32}, expected f{32} \(params 'transfer.data.hymenoptera_md5'\)"):
         fetch(hym_cfg(zip_server, checksum="f" * 32), RAW_DIR)
     assert_untouched(previous_output)
 

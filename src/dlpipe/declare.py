@@ -17,7 +17,9 @@ from. What is derived rather than declared:
 - the command (``python -m dlpipe <stage>``) and ``desc`` (the first line of
   the module's docstring).
 
-``python -m dlpipe.declare --check`` exits 1 when dvc.yaml is not what the
+The same command writes the params schema, workflow/schemas/params.schema.yaml,
+from the typed params of ``dlpipe.config`` (``dlpipe.schema``).
+``python -m dlpipe.declare --check`` exits 1 when either file is not what the
 declarations give (a test runs it), so a hand edit or a forgotten
 regeneration is caught.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import json
 import pkgutil
 import re
 import sys
@@ -208,19 +211,38 @@ def dvc_yaml(root: Path | None = None) -> str:
     return HEADER + body
 
 
+def schema_yaml() -> str:
+    """The text of the params schema file, generated from dlpipe.config's dataclasses."""
+    from dlpipe import config, schema
+
+    document = json.loads(json.dumps(config.schema()))  # no shared objects: no YAML anchors
+    return schema.HEADER + yaml.safe_dump(document, sort_keys=False, width=120, allow_unicode=True,
+                                         default_flow_style=None)
+
+
+def generated(root: Path) -> dict[Path, str]:
+    """{file under ``root``: the text the declarations give}: dvc.yaml and the params schema."""
+    from dlpipe.config import SCHEMA_RELPATH
+
+    return {root / "dvc.yaml": dvc_yaml(), root / SCHEMA_RELPATH: schema_yaml()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlpipe.declare", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from the declarations")
-    parser.add_argument("--output", default="dvc.yaml")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if dvc.yaml or the params schema differs from the declarations")
+    parser.add_argument("--root", default=".", help="the repository root (default: the current folder)")
     args = parser.parse_args(argv)
-    text, target = dvc_yaml(), Path(args.output)
+    files = generated(Path(args.root))
     if args.check:
-        if not target.is_file() or target.read_text() != text:
-            print(f"{target} is stale: run `make generate` (python -m dlpipe.declare)", file=sys.stderr)
-            return 1
-        return 0
-    target.write_text(text)
-    print(f"wrote {target} ({len(text.splitlines())} lines)")
+        stale = [str(path) for path, text in files.items() if not path.is_file() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is stale: run `make generate` (python -m dlpipe.declare)", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path} ({len(text.splitlines())} lines)")
     return 0
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Iterator
 
 
@@ -85,17 +85,6 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def unsafe_member_path(name: str) -> str | None:
-    """Why an archive member called ``name`` would land outside its target folder, or None."""
-    name = name.replace("\\", "/")
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or (parts and len(parts[0]) == 2 and parts[0][1] == ":"):  # /x, C:
-        return "an absolute path"
-    if ".." in parts:
-        return "a '..' component"
-    return None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -113,7 +113,7 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
             start += count
         if start >= len(members):
             raise PipelineError(f"class {cls} has {len(members)} images: the split fractions "
-                                f"{fractions} leave none for training (params 'prepare.classifier')")
+                                f"{fractions} leave none for training (params 'lenet.prepare')")
         picked["train"].append(members[start:])
     return {name: np.sort(np.concatenate(parts)) for name, parts in picked.items()}
 

@@ -22,7 +22,7 @@ from dlpipe.errors import PipelineError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def list_images(folder: str | Path, key: str = "data.gan.folder") -> list[Path]:
+def list_images(folder: str | Path, key: str = "dcgan.data.folder") -> list[Path]:
     """Every picture under ``folder`` (recursively), sorted: a missing, non-folder or
     picture-less path is one clear error naming it and the params key."""
     if not str(folder):

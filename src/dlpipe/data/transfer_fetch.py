@@ -1,5 +1,5 @@
 """Get the transfer-learning images into data/raw/transfer/ as an ImageFolder
-(params ``data.transfer``): ``train/<class>/*`` and ``val/<class>/*``.
+(params ``transfer.data``): ``train/<class>/*`` and ``val/<class>/*``.
 
 - ``faces``: scikit-image's LFW subset (``skimage.data.lfw_subset()``, shipped
   inside scikit-image: no network): 200 grey 25 x 25 crops, the first 100
@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import stat
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -29,9 +26,9 @@ from PIL import Image
 
 from dlpipe.config import TransferData
 from dlpipe.data.classifier_convert import stratified_split
-from dlpipe.data.classifier_fetch import download
+from dlpipe.data.archives import download, safe_extract_zip
 from dlpipe.errors import PipelineError
-from dlpipe.io import atomic_dir, unsafe_member_path, write_json
+from dlpipe.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -66,46 +63,6 @@ def fetch_faces(cfg: TransferData, dest: Path) -> None:
     })
 
 
-def unsafe_zip_reason(info: zipfile.ZipInfo) -> str | None:
-    """Why extracting ``info`` could write outside the target folder, or None."""
-    if reason := unsafe_member_path(info.filename):
-        return reason
-    # Unix file type bits, where the archiver recorded them (0: none recorded, a plain file).
-    file_type = stat.S_IFMT(info.external_attr >> 16)
-    if file_type == stat.S_IFLNK:
-        return "a link"
-    if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
-        return "a device, fifo or other special file"
-    return None
-
-
-def safe_extract_zip(archive: Path, dest: Path, label: str) -> None:
-    """Check every member first, then extract each one, refusing any that
-    would land outside ``dest``; any problem names the archive and the member."""
-    root = dest.resolve()
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            for info in members:
-                reason = unsafe_zip_reason(info)
-                if reason:
-                    raise PipelineError(f"{label}: member {info.filename!r} has {reason}; "
-                                        "refusing to extract an archive that could write outside its folder")
-            for info in members:
-                target = (dest / info.filename.replace("\\", "/")).resolve()
-                if root not in target.parents and target != root:
-                    raise PipelineError(f"{label}: member {info.filename!r} would land outside {dest}; refused")
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        raise PipelineError(f"{label}: not a complete zip archive ({type(exc).__name__}: {exc}); "
-                            "a truncated or corrupt download?") from None
-
-
 def image_folder_root(extracted: Path, label: str) -> Path:
     """The folder holding train/ and val/: the archive's top folder (the real zip's
     ``hymenoptera_data/``) or the archive root itself."""
@@ -121,10 +78,10 @@ def fetch_hymenoptera(cfg: TransferData, dest: Path, scratch: Path) -> None:
     url = cfg.hymenoptera_url
     archive = scratch / PurePosixPath(url).name
     log.info("downloading %s", url)
-    actual = download(url, archive, cfg.hymenoptera_md5, "data.transfer.hymenoptera_url",
-                      "data.transfer.hymenoptera_md5")
+    actual = download(url, archive, cfg.hymenoptera_md5, "transfer.data.hymenoptera_url",
+                      "transfer.data.hymenoptera_md5")
     if not cfg.hymenoptera_md5:
-        log.warning("data.transfer.hymenoptera_md5 is empty: the download was not checked; "
+        log.warning("transfer.data.hymenoptera_md5 is empty: the download was not checked; "
                     "its md5 is %s (set it in params.yaml to pin the data)", actual)
     label = f"{archive.name} from {url}"
     extracted = scratch / "extracted"

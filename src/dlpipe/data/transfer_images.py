@@ -7,7 +7,7 @@ data/prepared/transfer/
 Images differ in size (hymenoptera's photos), so each one sits in the top-left
 corner of a zero canvas as large as the largest, with its own height and width
 in ``sizes``; the batched crops of ``transfer_augment`` read only that part.
-Images larger than ``prepare.transfer.max_side`` are shrunk first (aspect kept),
+Images larger than ``transfer.prepare.max_side`` are shrunk first (aspect kept),
 which bounds the memory and the cost of every crop.
 
 Folders are read as torchvision's ImageFolder reads them: classes are the

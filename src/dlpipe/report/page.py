@@ -110,7 +110,7 @@ def read_metrics(path: Path) -> dict[str, float]:
 
 def used_lr(lr, record: dict, raw: dict, root: Path, earlier: dict[str, figures.UsedLR]) -> figures.UsedLR:
     """The LR training ran with: params' number, the suggestion under ``lr: auto``, or a
-    multiple of another stage's (``LRFind.relative``); with the range the schedule swept,
+    multiple of another stage's (``LRCurve.relative``); with the range the schedule swept,
     from the history's per-epoch lr column. ``earlier``: the model's LRs so far, by label."""
     schedule = None
     if lr.history and (root / lr.history).is_file():
@@ -158,13 +158,14 @@ def training_table(histories, frames, used_by_history: dict, raw: dict) -> dict:
         else:
             lrs.append("–")
     rows.append(["LR (peak of the schedule)"] + lrs)
-    for key in ("optimizer", "schedule", "batch_size", "weight_decay"):
+    for key, label in (("optimizer.name", "optimizer"), ("schedule.name", "schedule"), ("batch_size", "batch size"),
+                       ("optimizer.weight_decay", "weight decay")):
         values = []
         for history in histories:
             value = dotted(raw, f"{history.train}.{key}") if history.train else None
             values.append(fmt(value) if value is not None else "–")
         if any(v != "–" for v in values):
-            rows.append([key.replace("_", " ")] + values)
+            rows.append([label] + values)
     return _table("Training", header, rows, wide=len(histories) > 1)
 
 

@@ -4,17 +4,26 @@ A model's section lists the files it reads (metrics, LR range tests, training
 histories, pictures) and the named extra blocks drawn from its other outputs.
 The report renders a model, and each of its files, only when dvc.yaml has a
 stage producing that file, so a registry entry for a model whose stages are not
-in the graph yet is simply skipped. ``tests/test_report.py`` checks that the
-``report`` stage in dvc.yaml depends on every registry file that dvc.yaml
-produces.
+in the graph yet is simply skipped. Each file is named by the path constant of
+the stage module that writes it (``out("evaluate_houses", "METRICS")``), so a
+path is declared once, where it is written; the ``report`` stage's deps are the
+files listed here (``dlpipe.stages.report``).
 
-To add a model: append a ``Model`` here, list its files, and add those that
-dvc.yaml produces to the ``report`` stage's deps.
+To add a model: append a ``Model`` here and name its files.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from pathlib import PurePath
+
+
+def out(stage_module: str, constant: str) -> str:
+    """The path ``constant`` of ``dlpipe.stages.<stage_module>`` (imported by name, not by an
+    import statement: the report depends on these files, not on the code that writes them)."""
+    value = getattr(importlib.import_module(f"dlpipe.stages.{stage_module}"), constant)
+    return PurePath(value).as_posix()
 
 
 @dataclass(frozen=True)
@@ -25,12 +34,12 @@ class Headline:
 
 
 @dataclass(frozen=True)
-class LRFind:
+class LRCurve:
     label: str
     json: str  # reports/lr_find/<name>.json (lrs, losses, suggestions, rule, suggested_lr)
     lr_param: str = ""  # dotted params key of the LR training used ("auto" = the suggestion)
     history: str = ""  # the history whose lr column shows the schedule actually run
-    # other values of lr_param: (value, label of another LRFind of the model, factor),
+    # other values of lr_param: (value, label of another LRCurve of the model, factor),
     # e.g. ("head_div_10", "head", 0.1): a tenth of the LR the head stage used
     relative: tuple[tuple[str, str, float], ...] = ()
 
@@ -73,7 +82,7 @@ class Model:
     metrics: str
     headline: tuple[Headline, ...]  # keys of ``metrics``
     params: tuple[str, ...]  # params.yaml sections shown beside the model
-    lr_finds: tuple[LRFind, ...] = ()
+    lr_finds: tuple[LRCurve, ...] = ()
     histories: tuple[History, ...] = ()
     panels: tuple[Panel, ...] = ()  # empty: grouped from the CSV's columns
     pictures: tuple[Picture, ...] = ()
@@ -95,59 +104,58 @@ MODELS: tuple[Model, ...] = (
         name="houses",
         title="House prices MLP",
         summary="Kaggle House Prices: fully connected net on 313 features, RMSLE loss, early stopping.",
-        metrics="reports/metrics/houses.json",
+        metrics=out("evaluate_houses", "METRICS"),
         headline=(Headline("val_rmsle", "validation RMSLE", "lower"),
                   Headline("val_rmsle_without_outliers", "validation RMSLE without outliers", "lower")),
-        params=("prepare.houses", "lr_find.houses", "houses"),
-        lr_finds=(LRFind("houses MLP", "reports/lr_find/houses.json", "houses.train.lr",
-                         "reports/plots/houses/history.csv"),),
-        histories=(History("training", "reports/plots/houses/history.csv", ("val_rmsle", "min"),
+        params=("houses",),
+        lr_finds=(LRCurve("houses MLP", out("_houses", "LR_FIND_JSON"), "houses.train.lr",
+                         out("train_houses", "HISTORY")),),
+        histories=(History("training", out("train_houses", "HISTORY"), ("val_rmsle", "min"),
                            train="houses.train"),),
         panels=(Panel("RMSLE (log-price RMSE)", ("train_loss", "val_rmsle")),
                 Panel("learning rate", ("lr",), log_y=True)),
-        extras=(Extra("houses_predictions", ("reports/plots/houses/val_predictions.csv",)),
-                Extra("submission", ("reports/submission.csv",))),
+        extras=(Extra("houses_predictions", (out("evaluate_houses", "VAL_PREDICTIONS"),)),
+                Extra("submission", (out("evaluate_houses", "SUBMISSION"),))),
     ),
     Model(
         name="lenet",
         title="LeNet classifier",
-        summary="The seed's LeNet on 3x32x32 images (digits by default, CIFAR-10 on request).",
-        metrics="reports/metrics/lenet.json",
+        summary="LeNet-5 on 3x32x32 images (digits by default, CIFAR-10 on request).",
+        metrics=out("evaluate_lenet", "METRICS"),
         headline=(Headline("test_accuracy", "test accuracy", "higher"),
                   Headline("val_accuracy", "validation accuracy", "higher")),
-        params=("data.classifier", "prepare.classifier", "lr_find.lenet", "lenet"),
-        lr_finds=(LRFind("LeNet", "reports/lr_find/lenet.json", "lenet.train.lr",
-                         "reports/plots/lenet/history.csv"),),
-        histories=(History("training", "reports/plots/lenet/history.csv", ("val_accuracy", "max"),
+        params=("lenet",),
+        lr_finds=(LRCurve("LeNet", out("_lenet", "LR_FIND_JSON"), "lenet.train.lr",
+                         out("train_lenet", "HISTORY")),),
+        histories=(History("training", out("train_lenet", "HISTORY"), ("val_accuracy", "max"),
                            train="lenet.train"),),
         panels=(Panel("cross-entropy", ("train_loss", "val_loss")),
                 Panel("validation accuracy", ("val_accuracy",), log_y=False),
                 Panel("learning rate", ("lr",), log_y=True)),
-        pictures=(Picture("reports/plots/lenet/confusion.png", "Confusion matrix on the test split "
+        pictures=(Picture(out("evaluate_lenet", "CONFUSION_PNG"), "Confusion matrix on the test split "
                           "(cells coloured by the share of the actual class)"),),
-        extras=(Extra("mistakes", ("reports/plots/lenet/confusion.json",)),),
+        extras=(Extra("mistakes", (out("evaluate_lenet", "CONFUSION_JSON"),)),),
     ),
     Model(
         name="transfer",
         title="ResNet18 transfer",
         summary="ResNet18 with a new fc: first the head alone on the frozen backbone, then the whole "
                 "net fine-tuned with discriminative LRs, from the head stage's best weights.",
-        metrics="reports/metrics/transfer.json",
+        metrics=out("evaluate_transfer", "METRICS"),
         headline=(Headline("head_val_accuracy", "validation accuracy after the head stage", "higher"),
                   Headline("finetune_val_accuracy", "validation accuracy after fine-tuning", "higher")),
-        params=("data.transfer", "prepare.transfer", "lr_find.transfer_head", "lr_find.transfer_finetune",
-                "transfer"),
-        lr_finds=(LRFind("head", "reports/lr_find/transfer_head.json", "transfer.head.train.lr",
-                         "reports/plots/transfer/head_history.csv"),
-                  LRFind("fine-tune", "reports/lr_find/transfer_finetune.json", "transfer.finetune.train.lr",
-                         "reports/plots/transfer/finetune_history.csv", relative=(("head_div_10", "head", 0.1),))),
-        histories=(History("head", "reports/plots/transfer/head_history.csv", ("val_accuracy", "max"),
+        params=("transfer",),
+        lr_finds=(LRCurve("head", out("_transfer", "HEAD_LR_JSON"), "transfer.head.train.lr",
+                         out("train_transfer_head", "HISTORY")),
+                  LRCurve("fine-tune", out("_transfer", "FINETUNE_LR_JSON"), "transfer.finetune.train.lr",
+                         out("train_transfer_finetune", "HISTORY"), relative=(("head_div_10", "head", 0.1),))),
+        histories=(History("head", out("train_transfer_head", "HISTORY"), ("val_accuracy", "max"),
                            train="transfer.head.train"),
-                   History("fine-tune", "reports/plots/transfer/finetune_history.csv", ("val_accuracy", "max"),
+                   History("fine-tune", out("train_transfer_finetune", "HISTORY"), ("val_accuracy", "max"),
                            train="transfer.finetune.train"),
-                   History("backbone", "reports/plots/transfer/backbone_history.csv", ("val_accuracy", "max"),
+                   History("backbone", out("pretrain_transfer_backbone", "HISTORY"), ("val_accuracy", "max"),
                            figure="Backbone pre-training (weights: pipeline)", train="transfer.pretrain.train")),
-        pictures=(Picture("reports/plots/transfer/misclassified.png",
+        pictures=(Picture(out("evaluate_transfer", "MISCLASSIFIED_PNG"),
                           "Validation images the fine-tuned network gets wrong"),),
     ),
     Model(
@@ -155,26 +163,26 @@ MODELS: tuple[Model, ...] = (
         title="DCGAN",
         summary="DCGAN generator and discriminator (N(0, 0.02) init, BCE, Adam 2e-4, beta1 0.5); the same "
                 "fixed noise drawn after every epoch; FID measured in the pipeline LeNet's feature space.",
-        metrics="reports/metrics/dcgan.json",
+        metrics=out("evaluate_dcgan", "METRICS"),
         headline=(Headline("fid", "FID (LeNet features)", "lower"),
                   Headline("fid_floor", "FID floor (real vs real)"),
                   Headline("fid_ceiling", "FID ceiling (untrained generator)"),
                   Headline("min_class_share", "smallest class share of samples", "higher"),
                   Headline("mean_confidence", "mean classifier confidence on samples", "higher")),
-        more_metrics=("reports/metrics/dcgan_train.json",),
-        params=("data.gan", "dcgan"),
+        more_metrics=(out("_dcgan", "TRAIN_METRICS"),),
+        params=("dcgan",),
         # per-epoch means (steps.csv, per step, is for `dvc plots`)
-        histories=(History("training", "reports/plots/dcgan/history.csv", train="dcgan.train"),
+        histories=(History("training", out("_dcgan", "HISTORY_CSV"), train="dcgan.train"),
                    # the FID's own LeNet (train_fid_lenet): its own figure, its own panels
-                   History("metric LeNet", "reports/plots/fid_lenet/history.csv", ("val_accuracy", "max"),
+                   History("metric LeNet", out("train_fid_lenet", "HISTORY"), ("val_accuracy", "max"),
                            figure="The FID's feature network (train_fid_lenet)", train="dcgan.feature_net.train")),
         panels=(Panel("losses (BCE), epoch means", ("loss_d", "loss_g")),
                 Panel("discriminator outputs, epoch means", ("d_x", "d_g_z1", "d_g_z2"), log_y=False),
                 Panel("metric LeNet: cross-entropy", ("train_loss", "val_loss")),
                 Panel("metric LeNet: validation accuracy", ("val_accuracy",), log_y=False)),
-        pictures=(Picture("reports/plots/dcgan/final_grid.png", "Final generator on the fixed noise"),
-                  Picture("reports/dcgan", "The fixed noise after each epoch", most=12)),
-        extras=(Extra("dcgan_fid", ("reports/fid/dcgan.json",)),
-                Extra("class_shares", ("reports/plots/dcgan/class_histogram.csv",))),
+        pictures=(Picture(out("_dcgan", "FINAL_GRID"), "Final generator on the fixed noise"),
+                  Picture(out("_dcgan", "SAMPLES_DIR"), "The fixed noise after each epoch", most=12)),
+        extras=(Extra("dcgan_fid", (out("evaluate_dcgan", "FID_RECORD"),)),
+                Extra("class_shares", (out("evaluate_dcgan", "CLASS_HISTOGRAM"),))),
     ),
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dlpipe import tensor_io
-from dlpipe.config import Augment, FeatureNet, LeNetModel
+from dlpipe.config import FeatureNet, LeNetAugment, LeNetSection
 from dlpipe.data.augment import EvalTransform, Normalize, TrainTransform
 from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta, load_split
 from dlpipe.data.loaders import TensorLoader
@@ -30,7 +30,7 @@ CHECKPOINT = Path("checkpoints/lenet/last.pt")
 EVAL_BATCH = 1000
 
 
-def flip_enabled(augment: Augment, dataset: str) -> bool:
+def flip_enabled(augment: LeNetAugment, dataset: str) -> bool:
     """``auto``: mirror CIFAR-10's photos, never digits (a mirrored 3 is no digit)."""
     return dataset == "cifar10" if augment.flip == "auto" else bool(augment.flip)
 
@@ -39,7 +39,7 @@ def normalizer(meta: dict, device: torch.device) -> Normalize:
     return Normalize(meta["mean"], meta["std"], device)
 
 
-def train_loader(net: LeNetModel | FeatureNet, seed: int, meta: dict, device: torch.device,
+def train_loader(net: LeNetSection | FeatureNet, seed: int, meta: dict, device: torch.device,
                  capped: bool = True) -> TensorLoader:
     """Augmented, normalised, shuffled training batches; ``capped`` applies
     ``train.max_batches`` (the LR range test counts its own steps)."""
@@ -55,7 +55,7 @@ def eval_loader(split: str, meta: dict, device: torch.device) -> TensorLoader:
     return TensorLoader(data["images"], data["labels"], EVAL_BATCH, transform=EvalTransform(normalizer(meta, device)))
 
 
-def build_model(net: LeNetModel | FeatureNet, seed: int, num_classes: int, device: torch.device,
+def build_model(net: LeNetSection | FeatureNet, seed: int, num_classes: int, device: torch.device,
                 seeded: bool = True) -> LeNet:
     if seeded:
         torch.manual_seed(seed)  # same initial weights for the range test and training
@@ -63,7 +63,7 @@ def build_model(net: LeNetModel | FeatureNet, seed: int, num_classes: int, devic
     return LeNet(num_classes, tuple(arch.channels), tuple(arch.hidden)).to(device)
 
 
-def fit(net: LeNetModel | FeatureNet, seed: int, lr: float, device: torch.device, *, stage: str, params,
+def fit(net: LeNetSection | FeatureNet, seed: int, lr: float, device: torch.device, *, stage: str, params,
         weights: Path, checkpoint: Path, history: Path, accel: Accel = OFF) -> tuple[FitResult, dict]:
     """Train ``net``'s LeNet on the prepared training split with the shared loop (best epoch by
     validation accuracy, a resumable checkpoint each epoch) and save its best weights; the

@@ -13,10 +13,10 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("data.houses",), outs=(RAW_DIR,),
+    params=("houses.data",), outs=(RAW_DIR,),
 )
 
 
 def main(params: Params) -> None:
-    fetch(params.data.houses, RAW_DIR)
-    log.info("fetched train.csv and test.csv (source %s) into %s", params.data.houses.source, RAW_DIR)
+    fetch(params.houses.data, RAW_DIR)
+    log.info("fetched train.csv and test.csv (source %s) into %s", params.houses.data.source, RAW_DIR)

@@ -14,10 +14,10 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("data.transfer",), outs=(RAW_DIR,), runtime=30,
+    params=("transfer.data",), outs=(RAW_DIR,), runtime=30,
 )
 
 
 def main(params: Params) -> None:
-    fetch(params.data.transfer, RAW_DIR)
-    log.info("fetched %s into %s", params.data.transfer.name, RAW_DIR)
+    fetch(params.transfer.data, RAW_DIR)
+    log.info("fetched %s into %s", params.transfer.data.name, RAW_DIR)

@@ -18,10 +18,9 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("seed", "device", "lr_find.houses", "houses.model",
+    params=("seed", "device", "houses.lr_find", "houses.model",
             # only the training keys the sweep uses: a new epoch count needs no new sweep
-            "houses.train.optimizer", "houses.train.momentum", "houses.train.weight_decay",
-            "houses.train.batch_size"),
+            "houses.train.optimizer", "houses.train.batch_size"),
     deps=(PREPARED_DIR,),
     outs=(LR_FIND_JSON, LR_FIND_JSON.with_suffix(".png")),
     plots=(lr_finder.curve_plot(LR_FIND_JSON, "houses"),),
@@ -33,7 +32,7 @@ def main(params: Params) -> None:
     device = runtime.setup(params.seed, params.device)
     train_loader, _ = loaders(params, device)
     model = build_model(params, train_loader, device)
-    cfg = params.lr_find.houses
+    cfg = params.houses.lr_find
     optimizer = build_optimizer(model.parameters(), params.houses.train, lr=cfg.start_lr)
     record = lr_finder.range_test(model, optimizer, log_price_regression().loss_fn, train_loader, cfg, device)
     lr_finder.save_result(record, LR_FIND_JSON)

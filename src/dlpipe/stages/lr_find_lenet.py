@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("seed", "device", "lr_find.lenet", "lenet.model", "lenet.augment",
-            "lenet.train.optimizer", "lenet.train.momentum", "lenet.train.weight_decay", "lenet.train.batch_size"),
+    params=("seed", "device", "lenet.lr_find", "lenet.model", "lenet.augment",
+            "lenet.train.optimizer", "lenet.train.batch_size"),
     deps=(PREPARED_DIR,),
     outs=(LR_FIND_JSON, LR_FIND_JSON.with_suffix(".png")),
     plots=(lr_finder.curve_plot(LR_FIND_JSON, "lenet"),),
@@ -34,8 +34,8 @@ def main(params: Params) -> None:
     loader = train_loader(params.lenet, params.seed, meta, device, capped=False)
     model = build_model(params.lenet, params.seed, len(meta["class_names"]), device)
     cfg = params.lenet.train
-    optimizer = build_optimizer(model.parameters(), cfg, lr=params.lr_find.lenet.start_lr)
-    record = lr_finder.range_test(model, optimizer, classification().loss_fn, loader, params.lr_find.lenet, device)
+    optimizer = build_optimizer(model.parameters(), cfg, lr=params.lenet.lr_find.start_lr)
+    record = lr_finder.range_test(model, optimizer, classification().loss_fn, loader, params.lenet.lr_find, device)
     lr_finder.save_result(record, LR_FIND_JSON)
     plot_lr_find(record, LR_FIND_JSON.with_suffix(".png"), f"LeNet on {meta['dataset']}")
     log.info("LeNet LR range test: %s -> %.4g", record["suggestions"], record["suggested_lr"])

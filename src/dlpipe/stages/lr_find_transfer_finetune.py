@@ -21,9 +21,8 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("seed", "device", "lr_find.transfer_finetune", "transfer.augment", "transfer.finetune.lr_spread",
-            "transfer.finetune.train.optimizer", "transfer.finetune.train.momentum",
-            "transfer.finetune.train.weight_decay", "transfer.finetune.train.batch_size"),
+    params=("seed", "device", "transfer.finetune.lr_find", "transfer.augment", "transfer.finetune.lr_spread",
+            "transfer.finetune.train.optimizer", "transfer.finetune.train.batch_size"),
     deps=(PREPARED_DIR, HEAD_WEIGHTS),
     outs=(FINETUNE_LR_JSON, FINETUNE_LR_JSON.with_suffix(".png")),
     plots=(lr_finder.curve_plot(FINETUNE_LR_JSON, "transfer fine-tuning",
@@ -35,7 +34,7 @@ STAGE = Stage(
 def main(params: Params) -> None:
     device = runtime.setup(params.seed, params.device)
     meta = load_meta()
-    cfg, sweep = params.transfer.finetune.train, params.lr_find.transfer_finetune
+    cfg, sweep = params.transfer.finetune.train, params.transfer.finetune.lr_find
     loader = train_loader(params, cfg, device, capped=False)
     model = finetune_model(params, len(meta["class_names"]), device)
     spread = params.transfer.finetune.lr_spread

@@ -20,9 +20,8 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("seed", "device", "lr_find.transfer_head", "transfer.model", "transfer.augment",
-            "transfer.head.train.optimizer", "transfer.head.train.momentum", "transfer.head.train.weight_decay",
-            "transfer.head.train.batch_size"),
+    params=("seed", "device", "transfer.head.lr_find", "transfer.model", "transfer.augment",
+            "transfer.head.train.optimizer", "transfer.head.train.batch_size"),
     deps=(PREPARED_DIR, BACKBONE),
     outs=(HEAD_LR_JSON, HEAD_LR_JSON.with_suffix(".png")),
     plots=(lr_finder.curve_plot(HEAD_LR_JSON, "transfer head"),),
@@ -36,9 +35,9 @@ def main(params: Params) -> None:
     cfg = params.transfer.head.train
     loader = train_loader(params, cfg, device, capped=False)
     model, source = head_model(params, len(meta["class_names"]), device)
-    optimizer = build_optimizer(model.fc.parameters(), cfg, lr=params.lr_find.transfer_head.start_lr)
+    optimizer = build_optimizer(model.fc.parameters(), cfg, lr=params.transfer.head.lr_find.start_lr)
     record = lr_finder.range_test(model, optimizer, classification().loss_fn, loader,
-                                  params.lr_find.transfer_head, device)
+                                  params.transfer.head.lr_find, device)
     lr_finder.save_result(record, HEAD_LR_JSON)
     plot_lr_find(record, HEAD_LR_JSON.with_suffix(".png"), f"ResNet18 head on {meta['dataset']}")
     log.info("transfer head LR range test (backbone: %s): %s -> %.4g", source, record["suggestions"],

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("prepare.classifier",), deps=(RAW_DIR,), outs=(PREPARED_DIR,),
+    params=("lenet.prepare",), deps=(RAW_DIR,), outs=(PREPARED_DIR,),
 )
 
 
@@ -68,7 +68,7 @@ def split(name: str, raw: dict, cfg: ClassifierPrepare) -> dict[str, tuple[torch
 
 
 def main(params: Params) -> None:
-    cfg = params.prepare.classifier
+    cfg = params.lenet.prepare
     source = read_source()
     name = source["name"]
     if name == "digits":

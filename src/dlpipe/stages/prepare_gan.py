@@ -1,10 +1,10 @@
 """Stage prepare_gan: the GAN's images as uint8 N x nc x S x S in data/prepared/gan/.
 
-- digits, cifar10: the prepared classifier images (data.classifier.name must
+- digits, cifar10: the prepared classifier images (lenet.data.name must
   name the same dataset). The DCGAN trains on the classifier's *training*
   split only, so the val and test splits stay unseen by both the LeNet and the
   GAN: they are the real pool of the FID (real_eval.pt).
-- folder: every picture under data.gan.folder (or a seeded sample of
+- folder: every picture under dcgan.data.folder (or a seeded sample of
   max_images), shorter side resized to S and centre-cropped. The FID's LeNet
   never saw any of them, so the training images are the real pool.
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("seed", "data.gan", "dcgan.image_size", "dcgan.model.nc"),
+    params=("seed", "dcgan.data", "dcgan.image_size", "dcgan.model.nc"),
     deps=(cp.PREPARED_DIR,),
     outs=(PREPARED_DIR,),
     mem_mb=8000, runtime=60,
@@ -41,8 +41,8 @@ def from_classifier(name: str, nc: int, size: int) -> tuple[torch.Tensor, torch.
     meta = cp.load_meta()
     if meta["dataset"] != name:
         raise PipelineError(
-            f"params.yaml: 'data.gan.name' is '{name}' but data/prepared/classifier holds {meta['dataset']} "
-            f"(data.classifier.name); set both to the same dataset")
+            f"params.yaml: 'dcgan.data.name' is '{name}' but data/prepared/classifier holds {meta['dataset']} "
+            f"(lenet.data.name); set both to the same dataset")
     splits = {s: cp.load_split(s)["images"] for s in cp.SPLITS}
     convert = lambda images: gan_images.resize(gan_images.to_channels(images, nc), size)  # noqa: E731
     train = convert(splits["train"])
@@ -55,7 +55,7 @@ def from_classifier(name: str, nc: int, size: int) -> tuple[torch.Tensor, torch.
 
 
 def main(params: Params) -> None:
-    cfg, size = params.data.gan, params.dcgan.image_size
+    cfg, size = params.dcgan.data, params.dcgan.image_size
     dataset = cfg.name
     nc = resolve_nc(params.dcgan.model.nc, dataset)
     if cfg.name == "folder":

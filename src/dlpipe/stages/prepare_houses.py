@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("prepare.houses",), deps=(RAW_DIR,), outs=(PREPARED_DIR,),
+    params=("houses.prepare",), deps=(RAW_DIR,), outs=(PREPARED_DIR,),
 )
 
 
@@ -84,7 +84,7 @@ def main(params: Params) -> None:
     train_path, test_path = RAW_DIR / "train.csv", RAW_DIR / "test.csv"
     train_all, test = read_csv(train_path), read_csv(test_path)
     hf.check_columns(train_all, test, str(train_path), str(test_path))
-    result = prepare(train_all, test, params.prepare.houses)
+    result = prepare(train_all, test, params.houses.prepare)
     with atomic_dir(PREPARED_DIR) as staging:
         for name, tensors in result["splits"].items():
             save_split(staging, name, tensors)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("prepare.transfer",), deps=(RAW_DIR,), outs=(PREPARED_DIR,), mem_mb=4000,
+    params=("transfer.prepare",), deps=(RAW_DIR,), outs=(PREPARED_DIR,), mem_mb=4000,
 )
 
 
@@ -36,7 +36,7 @@ def read_source() -> dict:
 
 def main(params: Params) -> None:
     source = read_source()
-    splits = {name: read_split(RAW_DIR / name, params.prepare.transfer.max_side) for name in SPLITS}
+    splits = {name: read_split(RAW_DIR / name, params.transfer.prepare.max_side) for name in SPLITS}
     classes = splits["train"]["class_names"]
     if splits["val"]["class_names"] != classes:
         raise PipelineError(f"{RAW_DIR}: val/ has classes {splits['val']['class_names']}, train/ has {classes}; "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlpipe.config import Accel as AccelParams
+from dlpipe.config import AccelOptions
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Accel:
     compile: bool = False
 
     @classmethod
-    def from_params(cls, cfg: AccelParams, device: torch.device) -> "Accel":
+    def from_params(cls, cfg: AccelOptions, device: torch.device) -> "Accel":
         return cls(device.type, cfg.amp, cfg.channels_last, cfg.compile)
 
     @property

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from dlpipe.config import LRFind
+from dlpipe.config import LRRangeTest
 from dlpipe.errors import PipelineError
 from dlpipe.io import write_json
 
@@ -103,7 +103,7 @@ def _scale_groups(optimizer, ratios: Sequence[float]) -> list:
     return [optimizer.register_step_pre_hook(scale), optimizer.register_step_post_hook(restore)]
 
 
-def range_test(model, optimizer, loss_fn, loader, cfg: LRFind, device: torch.device,
+def range_test(model, optimizer, loss_fn, loader, cfg: LRRangeTest, device: torch.device,
                lr_ratios: Sequence[float] | None = None) -> dict:
     """Sweep the LR, restore model and optimizer, and return the record for JSON.
     ``lr_ratios``: discriminative LRs, group i at ratios[i] x the swept LR (the

@@ -1,4 +1,4 @@
-"""Stage submission_houses: validation RMSLE of the best weights, the Kaggle
+"""Stage evaluate_houses: validation RMSLE of the best weights, the Kaggle
 submission (validated before it is written) and the predicted-vs-true table."""
 
 from __future__ import annotations
