@@ -113,10 +113,11 @@ def run_part(part: str, args: argparse.Namespace, params, device, repeats: int, 
 
     quick = args.quick
     if part == "pipeline":
-        from dlpipe.bench.pipeline_run import QUICK_OVERRIDES, clean_run
+        from dlpipe import tiny
+        from dlpipe.bench.pipeline_run import clean_run
 
         with workspace(args.workdir, args.keep, log) as work:
-            return clean_run(Path.cwd(), work, QUICK_OVERRIDES if quick else None,
+            return clean_run(Path.cwd(), work, tiny.OVERRIDES if quick else None,
                              max(1, min(repeats, 3)) if quick else repeats, INCREMENTAL_KEY, log)
     if part == "overhead":
         from dlpipe.bench.overhead import loop_overhead
@@ -129,10 +130,10 @@ def run_part(part: str, args: argparse.Namespace, params, device, repeats: int, 
         return {"lenet": lenet_vs_seed(params, device, repeats, params_path=args.params, log=log),
                 "houses": houses_vs_seed(params, device, repeats, 3000 if quick else 100_000, log=log)}
     if part == "lr_cost":
+        from dlpipe import tiny
         from dlpipe.bench.lr_cost import lr_find_cost
-        from dlpipe.bench.pipeline_run import QUICK_OVERRIDES
 
-        return lr_find_cost(Path.cwd(), stage_repeats, QUICK_OVERRIDES if quick else None, log=log)
+        return lr_find_cost(Path.cwd(), stage_repeats, tiny.OVERRIDES if quick else None, log=log)
     from dlpipe.bench.tuning import OPTIONS, tuning
 
     options = tuple(o.strip() for o in args.tuning_options.split(",")) if args.tuning_options else \
