@@ -3,7 +3,7 @@
 Dotted keys of params.yaml (set with ``conftest.write_params`` in the tests, with
 ``override_raw`` in the benchmarks): CPU, a few epochs or batches per training,
 short LR range tests, small FID and class samples. The test suite's tiny
-pipeline runs (tests/conftest.py ``TINY_OVERRIDES``) and ``python -m dlpipe.bench
+pipeline runs (tests/conftest.py ``TINY_OVERRIDES``) and ``python -m benchmarks
 --quick`` (its clean-state run and its lr_cost part) both use this one dict, so
 that a renamed params key is changed here once. No stage imports this module:
 it is no code dependency of any stage in dvc.yaml.

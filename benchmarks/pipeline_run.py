@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from dlpipe.bench.summary import only_downstream
-from dlpipe.bench.timing import alternate, medians, override_raw
+from benchmarks.summary import only_downstream
+from benchmarks.timing import alternate, medians, override_raw
 
 RAN = re.compile(r"^Running stage '([^']+)'", re.M)
 DVC_UP_TO_DATE, SNAKEMAKE_NOTHING = "Data and pipelines are up to date", "Nothing to be done"

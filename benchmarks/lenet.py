@@ -1,6 +1,6 @@
 """LeNet: the pieces of issue #3's comparison, on the same prepared data
-(data/prepared/classifier, whatever dataset it holds). ``dlpipe.bench.reference``
-times them against each other, alternating; ``python -m dlpipe.bench --only
+(data/prepared/classifier, whatever dataset it holds). ``benchmarks.reference``
+times them against each other, alternating; ``python -m benchmarks --only
 reference`` runs it.
 
 (a) ``seed_recipe``: the seed's recipe as written: each image turned into a PIL

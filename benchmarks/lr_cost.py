@@ -25,7 +25,7 @@ from typing import Callable
 
 import yaml
 
-from dlpipe.bench.timing import alternate, compare, override_raw
+from benchmarks.timing import alternate, compare, override_raw
 
 MODELS = ("houses", "lenet", "transfer_head", "transfer_finetune")
 LINKED = ("data/prepared", "models/transfer_backbone.pt")
