@@ -3,10 +3,11 @@
 #   make test   set up .venv and run the test suite
 # Other targets: make test-slow (the long end-to-end tests), make snakemake, make clean,
 # make snakemake-touch (after dvc pull / dvc checkout: Snakemake takes DVC's outputs as they are).
-# make bench: the performance figures against the references (python -m dlpipe.bench:
-# reports/bench.json and a table; about 16 minutes on 2 cores; BENCH_ARGS=--quick for a check).
+# make bench: the performance figures against the references (python -m benchmarks, from the
+# top-level benchmarks/ folder, not part of the dlpipe package: reports/bench.json and a table;
+# about 16 minutes on 2 cores; BENCH_ARGS=--quick for a check).
 # make seeds: the headline metrics of the default params over seeds 42, 1, 2, 3 (every split seed
-# too), each a clean-state dvc repro, two at once (python -m dlpipe.bench.seeds: reports/seeds.json).
+# too), each a clean-state dvc repro, two at once (python -m benchmarks.seeds: reports/seeds.json).
 
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -57,10 +58,10 @@ snakemake-touch: setup
 # Separate from the tests: timings, not pass/fail. Reads the prepared data (dvc repro first)
 # and runs the whole pipeline once more in a clean temporary copy.
 bench: setup
-	$(BIN)/python -m dlpipe.bench $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 seeds: setup
-	$(BIN)/python -m dlpipe.bench.seeds $(SEEDS_ARGS)
+	$(BIN)/python -m benchmarks.seeds $(SEEDS_ARGS)
 
 # dvc.yaml is generated from the STAGE declaration in each stage module (dlpipe.declare):
 # run this after adding a stage or changing a declaration or an import.

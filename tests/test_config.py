@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import engine_env, set_key
+from conftest import TINY_OVERRIDES, engine_env, set_key
 from dlpipe.config import SGD, Adam, Params, StepSchedule, load_params
 from dlpipe.errors import PipelineError
 from dlpipe.runtime import select_device
@@ -95,6 +95,13 @@ def test_real_params_yaml_loads_into_frozen_dataclasses():
     assert params.lenet.train.optimizer == SGD(**raw["lenet"]["train"]["optimizer"])
     with pytest.raises(AttributeError):
         params.seed = 1  # frozen
+
+
+def test_tiny_overrides_load_through_the_schema(tmp_path):
+    """dlpipe.tiny (the tests' tiny runs, the benchmarks' --quick) names only keys the
+    schema knows: a renamed params key fails here, named, not deep in a pipeline run."""
+    params = load_params(write_variant(tmp_path / "params.yaml", TINY_OVERRIDES))
+    assert params.device == "cpu" and params.houses.train.epochs == TINY_OVERRIDES["houses.train.epochs"]
 
 
 def test_good_variant_loads_number_lr_and_int_as_float(tmp_path):

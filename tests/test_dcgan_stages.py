@@ -19,7 +19,6 @@ from test_classifier_data import make_params
 from test_dcgan import NZ, same
 
 from dlpipe import tensor_io
-from dlpipe.bench import gan_sweep
 from dlpipe.data import gan_images
 from dlpipe.errors import PipelineError
 from dlpipe.models.dcgan import Discriminator, Generator
@@ -249,16 +248,3 @@ def test_missing_folder_fails_before_any_output(classifier_run, tmp_path, monkey
     with pytest.raises(PipelineError, match="nowhere: the folder of GAN images .* does not exist"):
         prepare_gan.main(params)
     assert not Path("data/prepared/gan").exists()
-
-
-def test_gan_sweep_scores_what_the_stages_score(gan_run, monkeypatch):
-    """bench.gan_sweep trains as train_dcgan does and scores as evaluate_dcgan does: its last
-    point is the pipeline's fid and ceiling, and scoring on the way leaves training alone."""
-    root, params = gan_run
-    monkeypatch.chdir(root)
-    result = gan_sweep.fid_trace(params, every=1)
-    metrics = json.loads((root / "reports/metrics/dcgan.json").read_text())
-    assert [row["epoch"] for row in result["trace"]] == [1, 2]
-    assert result["trace"][-1]["fid"] == pytest.approx(metrics["fid"], rel=1e-9)
-    assert result["fid_ceiling"] == pytest.approx(metrics["fid_ceiling"], rel=1e-9)
-    assert result["fid_samples"] == metrics["fid_samples"]

@@ -1,6 +1,6 @@
 """DCGAN settings compared by their FID along the way, without writing any output.
 
-    python -m dlpipe.bench.gan_sweep --set dcgan.train.batch_size=8 --every 10 --out sweep.json
+    python -m benchmarks.gan_sweep --set dcgan.train.batch_size=8 --every 10 --out sweep.json
 
 Trains the generator in-process exactly as train_dcgan builds it (params.yaml
 with ``--set`` overrides, validated by the schema) and, every ``--every``
@@ -20,8 +20,8 @@ import time
 
 import yaml
 
+from benchmarks.timing import variant_params
 from dlpipe import runtime
-from dlpipe.bench.timing import variant_params
 from dlpipe.config import Params
 from dlpipe.io import write_json
 from dlpipe.metrics.fid import frechet_distance
@@ -81,7 +81,7 @@ def fid_trace(params: Params, every: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dlpipe.bench.gan_sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gan_sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override")
     parser.add_argument("--every", type=int, default=10, help="score every this many epochs")
     parser.add_argument("--params", default="params.yaml")

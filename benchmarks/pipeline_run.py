@@ -31,26 +31,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from dlpipe.bench.summary import only_downstream
-from dlpipe.bench.timing import alternate, medians, override_raw
+from benchmarks.summary import only_downstream
+from benchmarks.timing import alternate, medians, override_raw
 
 RAN = re.compile(r"^Running stage '([^']+)'", re.M)
 DVC_UP_TO_DATE, SNAKEMAKE_NOTHING = "Data and pipelines are up to date", "Nothing to be done"
 MIB = 1024 * 1024
-
-# The tests' tiny run (tests/conftest.py TINY_OVERRIDES): every stage, a few steps each.
-QUICK_OVERRIDES = {
-    "device": "cpu",
-    "houses.lr_find.num_iter": 20, "houses.train.epochs": 3, "houses.train.patience": 0,
-    "lenet.lr_find.num_iter": 20, "lenet.train.epochs": 1, "lenet.train.max_batches": 3,
-    "dcgan.feature_net.train.epochs": 1, "dcgan.feature_net.train.max_batches": 3,
-    "dcgan.train.epochs": 1, "dcgan.train.max_batches": 2, "dcgan.train.grid_images": 16,
-    "dcgan.evaluate.fid_max_samples": 100, "dcgan.evaluate.class_samples": 100,
-    "transfer.augment.image_size": 32, "transfer.pretrain.train.epochs": 1, "transfer.pretrain.train.max_batches": 2,
-    "transfer.head.lr_find.num_iter": 10, "transfer.head.train.epochs": 1, "transfer.head.train.max_batches": 2,
-    "transfer.finetune.lr_find.num_iter": 10, "transfer.finetune.train.epochs": 1,
-    "transfer.finetune.train.max_batches": 2,
-}
 
 # Runs a command and writes its tree's largest single-process RSS (the kernel's count) as JSON.
 _RUSAGE_WRAPPER = ("import json, resource, subprocess, sys\n"

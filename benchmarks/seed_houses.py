@@ -6,7 +6,7 @@ loss sqrt(MSE(log1p(output), log1p(price))) on the raw price output, up to
 held-out loss moved by less than 0.001. It runs on the pipeline's prepared
 features so that only the recipe differs.
 
-    python -m dlpipe.bench.seed_houses [--seeds 0 1 2 3 4]
+    python -m benchmarks.seed_houses [--seeds 0 1 2 3 4]
 """
 
 from __future__ import annotations

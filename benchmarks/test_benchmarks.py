@@ -1,9 +1,10 @@
-"""The benchmark's pieces (``python -m dlpipe.bench``) on tiny synthetic data.
+"""The benchmark's pieces (``python -m benchmarks``) on tiny synthetic data.
 
 No timing is asserted: the tests check relations the benchmark must keep,
 that figures are ratios of the medians it records, that both sides of a
 comparison compute the same thing on the same batches, that bench.json holds
-the issue's keys, and that the expected incremental rerun follows the graph.
+the issue's keys, and that the expected incremental rerun follows the graph;
+and that gan_sweep scores as the DCGAN stages do (on conftest's tiny GAN run).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import pytest
 import torch
 import yaml
 
-from dlpipe.bench import overhead, pipeline_run, summary, timing
-from dlpipe.bench.reference import speedups
-from dlpipe.config import load_params
+from benchmarks import gan_sweep, overhead, pipeline_run, summary, timing
+from benchmarks.conftest import REPO
+from benchmarks.reference import speedups
+from dlpipe.config import Adam, load_params
 from dlpipe.data.loaders import TensorLoader
 from dlpipe.errors import PipelineError
 from dlpipe.workflow_graph import load_stages
-
-from conftest import REPO
 
 REQUIRED_KEYS = ("pipeline_wall_s", "pipeline_peak_rss_mib", "noop_dvc_repro_s", "noop_snakemake_s",
                  "incremental_stages_rerun", "loop_overhead", "lenet_speedup_vs_seed", "houses_speedup_vs_seed",
@@ -75,11 +75,14 @@ def test_compare_is_the_ratio_of_the_medians():
 
 
 def test_variant_params_go_through_the_schema(tmp_path):
-    params = timing.variant_params({"lenet.train.optimizer": "adam", "lenet.train.epochs": 1}, REPO / "params.yaml")
-    assert params.lenet.train.optimizer == "adam" and params.lenet.train.epochs == 1
+    adam = {"name": "adam", "weight_decay": 5.0e-4}
+    params = timing.variant_params({"lenet.train.optimizer": adam, "lenet.train.epochs": 1}, REPO / "params.yaml")
+    assert params.lenet.train.optimizer == Adam(**adam) and params.lenet.train.epochs == 1
     assert params.houses.train == load_params(REPO / "params.yaml").houses.train  # the rest untouched
     with pytest.raises(PipelineError, match="lenet.train.epochs"):
         timing.variant_params({"lenet.train.epochs": 0}, REPO / "params.yaml")
+    with pytest.raises(PipelineError, match="lenet.train.optimizer.momentum"):  # sgd's key beside adam
+        timing.variant_params({"lenet.train.optimizer.name": "adam"}, REPO / "params.yaml")
 
 
 def tiny_loader() -> TensorLoader:
@@ -209,7 +212,7 @@ def test_cli_quick_tuning_writes_bench_json(tmp_path):
     """The entry point end to end on one cheap part: the JSON is written and its
     figures are the ratios of the medians it records."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "dlpipe.bench", "--quick", "--only", "tuning", "--tuning-options",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "tuning", "--tuning-options",
                            "threads_1", "--device", "cpu", "--output", str(out)], cwd=REPO, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -235,7 +238,7 @@ def test_incremental_bar_allows_skipped_downstream_but_nothing_outside():
 
 
 def test_seeds_summary_covers_every_headline_and_leaves_failed_runs_out():
-    from dlpipe.bench import seeds
+    from benchmarks import seeds
 
     keys = [key for keys in seeds.HEADLINES.values() for key in keys]
     runs = [{"seed": s, "ok": True, "metrics": {key: s * (i + 1) / 10 for i, key in enumerate(keys)}}
@@ -258,3 +261,16 @@ def test_seeds_summary_covers_every_headline_and_leaves_failed_runs_out():
         for part in key.split("."):
             node = node[part]
         assert isinstance(node, int), key
+
+
+def test_gan_sweep_scores_what_the_stages_score(gan_run, monkeypatch):
+    """gan_sweep trains as train_dcgan does and scores as evaluate_dcgan does: its last
+    point is the pipeline's fid and ceiling, and scoring on the way leaves training alone."""
+    root, params = gan_run
+    monkeypatch.chdir(root)
+    result = gan_sweep.fid_trace(params, every=1)
+    metrics = json.loads((root / "reports/metrics/dcgan.json").read_text())
+    assert [row["epoch"] for row in result["trace"]] == [1, 2]
+    assert result["trace"][-1]["fid"] == pytest.approx(metrics["fid"], rel=1e-9)
+    assert result["fid_ceiling"] == pytest.approx(metrics["fid_ceiling"], rel=1e-9)
+    assert result["fid_samples"] == metrics["fid_samples"]

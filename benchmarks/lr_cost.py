@@ -25,7 +25,7 @@ from typing import Callable
 
 import yaml
 
-from dlpipe.bench.timing import alternate, compare, override_raw
+from benchmarks.timing import alternate, compare, override_raw
 
 MODELS = ("houses", "lenet", "transfer_head", "transfer_finetune")
 LINKED = ("data/prepared", "models/transfer_backbone.pt")
@@ -40,13 +40,9 @@ def serves(raw_params: dict, model: str) -> bool:
 
 
 def scratch(root: Path, dest: Path, overrides: dict | None) -> Path:
-    """A folder the stages can run in: params (with ``overrides``), the schema, links to inputs."""
-    from dlpipe.config import SCHEMA_RELPATH
-
+    """A folder the stages can run in: params (with ``overrides``) and links to inputs."""
     raw = override_raw(yaml.safe_load((root / "params.yaml").read_text()), overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    (dest / SCHEMA_RELPATH).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(root / SCHEMA_RELPATH, dest / SCHEMA_RELPATH)
     for rel in LINKED:
         if (root / rel).exists():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dlpipe.bench.reference import torch_threads
-from dlpipe.bench.timing import alternate, medians, units_per_sample
+from benchmarks.reference import torch_threads
+from benchmarks.timing import alternate, medians, units_per_sample
 
 # Training steps of the default stages on the embedded data (epochs x batches per epoch).
 # ResNet18: both transfer stages, a count generous to compile (the head's frozen graph would compile anew).

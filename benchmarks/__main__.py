@@ -1,4 +1,4 @@
-"""``python -m dlpipe.bench``: the pipeline's performance, measured against references.
+"""``python -m benchmarks``: the pipeline's performance, measured against references.
 
 Run from the repository root after ``dvc repro`` (the in-process figures read
 the prepared data; the clean-state run needs only PyPI, for the houses wheel). Writes
@@ -13,10 +13,10 @@ are medians and ratios of medians (absolute times on a shared machine are noise)
   lr_cost    6: each LR range test stage against the training stage it serves
   tuning     channels_last, bf16 autocast, torch.compile, threads (only with --tuning)
 
-    python -m dlpipe.bench                   # everything but tuning (about 16 minutes on 2 cores)
-    python -m dlpipe.bench --quick           # tiny settings, 1 repeat: checks that it all runs
-    python -m dlpipe.bench --skip-pipeline --tuning
-    python -m dlpipe.bench --only overhead,tuning --device cuda --output reports/bench_cuda.json
+    python -m benchmarks                     # everything but tuning (about 16 minutes on 2 cores)
+    python -m benchmarks --quick             # tiny settings, 1 repeat: checks that it all runs
+    python -m benchmarks --skip-pipeline --tuning
+    python -m benchmarks --only overhead,tuning --device cuda --output reports/bench_cuda.json
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ QUICK_INPROCESS = {"transfer.augment.image_size": 32, "dcgan.train.max_batches":
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dlpipe.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny settings and 1 repeat (a check, not figures)")
     parser.add_argument("--skip-pipeline", action="store_true", help="leave out the clean-state pipeline run (1-3)")
@@ -109,31 +109,32 @@ def run_parts(args: argparse.Namespace, parts: list[str], log=print) -> tuple[di
 
 
 def run_part(part: str, args: argparse.Namespace, params, device, repeats: int, stage_repeats: int, log) -> dict:
-    from dlpipe.bench import timing
+    from benchmarks import timing
 
     quick = args.quick
     if part == "pipeline":
-        from dlpipe.bench.pipeline_run import QUICK_OVERRIDES, clean_run
+        from dlpipe import tiny
+        from benchmarks.pipeline_run import clean_run
 
         with workspace(args.workdir, args.keep, log) as work:
-            return clean_run(Path.cwd(), work, QUICK_OVERRIDES if quick else None,
+            return clean_run(Path.cwd(), work, tiny.OVERRIDES if quick else None,
                              max(1, min(repeats, 3)) if quick else repeats, INCREMENTAL_KEY, log)
     if part == "overhead":
-        from dlpipe.bench.overhead import loop_overhead
+        from benchmarks.overhead import loop_overhead
 
         inproc = timing.variant_params(QUICK_INPROCESS, args.params) if quick else params
         return loop_overhead(inproc, device, repeats, 0.2 if quick else 1.0, log=log)
     if part == "reference":
-        from dlpipe.bench.reference import houses_vs_seed, lenet_vs_seed
+        from benchmarks.reference import houses_vs_seed, lenet_vs_seed
 
         return {"lenet": lenet_vs_seed(params, device, repeats, params_path=args.params, log=log),
                 "houses": houses_vs_seed(params, device, repeats, 3000 if quick else 100_000, log=log)}
     if part == "lr_cost":
-        from dlpipe.bench.lr_cost import lr_find_cost
-        from dlpipe.bench.pipeline_run import QUICK_OVERRIDES
+        from dlpipe import tiny
+        from benchmarks.lr_cost import lr_find_cost
 
-        return lr_find_cost(Path.cwd(), stage_repeats, QUICK_OVERRIDES if quick else None, log=log)
-    from dlpipe.bench.tuning import OPTIONS, tuning
+        return lr_find_cost(Path.cwd(), stage_repeats, tiny.OVERRIDES if quick else None, log=log)
+    from benchmarks.tuning import OPTIONS, tuning
 
     options = tuple(o.strip() for o in args.tuning_options.split(",")) if args.tuning_options else \
         tuple(o for o in OPTIONS if o != "compile" or not quick)
@@ -143,7 +144,7 @@ def run_part(part: str, args: argparse.Namespace, params, device, repeats: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dlpipe.bench import summary, timing
+    from benchmarks import summary, timing
     from dlpipe.errors import PipelineError
     from dlpipe.io import write_json
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = summary.build(results, timing.machine(run_info["device"]), quick=args.quick,
-                           command=" ".join(["python -m dlpipe.bench", *(argv if argv is not None else sys.argv[1:])]),
+                           command=" ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
                            run=run_info)
     write_json(args.output, report)
     print()

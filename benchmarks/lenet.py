@@ -1,6 +1,6 @@
 """LeNet: the pieces of issue #3's comparison, on the same prepared data
-(data/prepared/classifier, whatever dataset it holds). ``dlpipe.bench.reference``
-times them against each other, alternating; ``python -m dlpipe.bench --only
+(data/prepared/classifier, whatever dataset it holds). ``benchmarks.reference``
+times them against each other, alternating; ``python -m benchmarks --only
 reference`` runs it.
 
 (a) ``seed_recipe``: the seed's recipe as written: each image turned into a PIL
@@ -137,6 +137,6 @@ def time_range_test(params: Params, meta: dict, device: torch.device) -> float:
     start = time.perf_counter()
     loader = train_loader(params.lenet, params.seed, meta, device, capped=False)
     model = build_model(params.lenet, params.seed, len(meta["class_names"]), device)
-    optimizer = build_optimizer(model.parameters(), params.lenet.train, lr=params.lr_find.lenet.start_lr)
-    range_test(model, optimizer, classification().loss_fn, loader, params.lr_find.lenet, device)
+    optimizer = build_optimizer(model.parameters(), params.lenet.train, lr=params.lenet.lr_find.start_lr)
+    range_test(model, optimizer, classification().loss_fn, loader, params.lenet.lr_find, device)
     return time.perf_counter() - start

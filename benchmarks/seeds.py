@@ -1,4 +1,4 @@
-"""The headline metrics over seeds: ``python -m dlpipe.bench.seeds`` (``make seeds``).
+"""The headline metrics over seeds: ``python -m benchmarks.seeds`` (``make seeds``).
 
 For each seed S, a clean copy of the repository (the files git would commit,
 as the clean-state benchmark makes it) runs ``dvc repro`` with the default
@@ -26,11 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from dlpipe.bench.pipeline_run import copy_worktree, engine_env
-from dlpipe.bench.timing import cpu_model
+from benchmarks.pipeline_run import copy_worktree, engine_env
+from benchmarks.timing import cpu_model
 
 # Every key that seeds a random draw: training, and the splits of the three datasets that are split here.
-SEED_KEYS = ("seed", "prepare.houses.split_seed", "prepare.classifier.split_seed", "data.transfer.split_seed")
+SEED_KEYS = ("seed", "houses.prepare.split_seed", "lenet.prepare.split_seed", "transfer.data.split_seed")
 # {metrics file: headline keys}; lower is better for houses and the FID, higher for accuracies.
 HEADLINES = {
     "reports/metrics/houses.json": ("val_rmsle",),
@@ -91,7 +91,7 @@ def table(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dlpipe.bench.seeds", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3])
     parser.add_argument("--jobs", type=int, default=2, help="copies run at once (default: %(default)s)")
     parser.add_argument("--output", default="reports/seeds.json")

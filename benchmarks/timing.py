@@ -134,15 +134,15 @@ def override_raw(raw: dict, overrides: dict) -> dict:
 
 def variant_params(overrides: dict, params_path: str | Path = "params.yaml"):
     """The pipeline's Params for params.yaml with ``overrides``: written as a params file
-    and read by ``load_params`` with the repository's schema, as a stage would read it."""
-    from dlpipe.config import SCHEMA_RELPATH, load_params
+    and read by ``load_params``, as a stage would read it."""
+    from dlpipe.config import load_params
 
     params_path = Path(params_path)
     raw = override_raw(yaml.safe_load(params_path.read_text()), overrides)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "params.yaml"
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        return load_params(path, params_path.resolve().parent / SCHEMA_RELPATH)
+        return load_params(path)
 
 
 # --------------------------------------------------------------------------- output

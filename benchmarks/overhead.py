@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dlpipe.bench.timing import alternate, compare, units_per_sample
+from benchmarks.timing import alternate, compare, units_per_sample
 from dlpipe.training import loop
 
 MODELS = ("houses", "lenet", "transfer_head", "transfer_finetune", "dcgan")
