@@ -9,7 +9,7 @@ are medians and ratios of medians (absolute times on a shared machine are noise)
   pipeline   1-3: a clean copy of the repository: dvc repro (wall, peak RSS), no-op
              dvc repro / snakemake --cores 2 / dvc status, one changed training param
   overhead   4: per model, the pipeline's loop against a bare PyTorch loop
-  reference  5: LeNet time-to-accuracy and houses time-to-RMSLE against the seed's recipes
+  reference  5: LeNet time-to-accuracy and houses time-to-RMSLE against the original recipes
   lr_cost    6: each LR range test stage against the training stage it serves
   tuning     channels_last, bf16 autocast, torch.compile, threads (only with --tuning)
 

@@ -1,11 +1,11 @@
-"""LeNet: the pieces of issue #3's comparison, on the same prepared data
+"""LeNet: the pieces of the time-to-accuracy comparison, on the same prepared data
 (data/prepared/classifier, whatever dataset it holds). ``benchmarks.reference``
 times them against each other, alternating; ``python -m benchmarks --only
 reference`` runs it.
 
-(a) ``seed_recipe``: the seed's recipe as written: each image turned into a PIL
+(a) ``seed_recipe``: the CIFAR-10 tutorial's recipe as written: each image turned into a PIL
     image, then torchvision's ToTensor and Normalize(0.5, 0.5), through a
-    DataLoader with batch 4, shuffle and 2 workers; the seed's LeNet,
+    DataLoader with batch 4, shuffle and 2 workers; the tutorial's LeNet,
     cross-entropy, SGD lr 0.001 momentum 0.9, 2 epochs. Its test accuracy after
     2 epochs is the target.
 (b) ``pipeline_to_accuracy``: the pipeline's training (train_lenet's loaders,
@@ -34,7 +34,7 @@ from dlpipe.training.tasks import classification
 
 
 class SeedLeNet(nn.Module):
-    """The seed's class, verbatim but for the number of classes."""
+    """The tutorial's class, verbatim but for the number of classes."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()

@@ -5,7 +5,7 @@ The pipeline side is the code the stages run: ``loop.train_one_epoch`` (houses,
 LeNet, both transfer stages) and ``gan.fit_gan`` for one epoch (DCGAN), on the
 stages' own loaders (``dlpipe.stages._<model>``), so batching and the batched
 augmentation are the same on both sides. The bare side is forward, loss,
-zero_grad, backward, step (for the DCGAN the seed's D step then G step), with
+zero_grad, backward, step (for the DCGAN the DCGAN tutorial's D step then G step), with
 no loss read-back, no finiteness check, no bookkeeping. Each side has its own
 model and optimizer from the same initial weights; both walk the same epochs
 (the same batches) in alternation. ``loop_overhead`` = pipeline / bare median.
@@ -76,7 +76,7 @@ def loop_workload(name: str, loader, loss_fn, make: Callable[[], tuple[nn.Module
 
 
 def bare_gan_epoch(generator, discriminator, opt_g, opt_d, loader, noise_generator, nz: int) -> None:
-    """The seed's DCGAN step, bare: D on real (label 1) and detached fake (label 0), step; G through D, step."""
+    """The DCGAN tutorial's step, bare: D on real (label 1) and detached fake (label 0), step; G through D, step."""
     criterion = nn.BCELoss()
     loader.set_epoch(0)  # fit_gan(epochs=1) walks epoch 0's batches
     for real, _ in loader:

@@ -1,6 +1,6 @@
-"""Figure 5: the pipeline's time to the seed's quality, against the seed's own recipes.
+"""Figure 5: the pipeline's time to the original recipes' quality, against those recipes.
 
-LeNet (issue #3's comparison, the pieces of ``benchmarks.lenet``): the seed's
+LeNet (the pieces of ``benchmarks.lenet``): the tutorial's
 recipe as written (PIL + torchvision transforms, DataLoader batch 4, 2 workers,
 SGD lr 0.001 momentum 0.9, 2 epochs), with torch's default threads and with 1
 thread; its 2-epoch test accuracy is the target. Against it, the pipeline's
@@ -11,7 +11,7 @@ variants (``LENET_VARIANTS``: real params.yaml settings, read through the
 schema like any params file). The LR range test that ``lr: auto`` needs is
 timed as a side of its own.
 
-Houses (the pieces of ``benchmarks.seed_houses``): the seed's plain loop (full
+Houses (the pieces of ``benchmarks.seed_houses``): the original recipe's plain loop (full
 batch, up to 100,000 Adam iterations, its early stop) on the prepared features;
 its final validation RMSLE is the target. Against it, train_houses' training
 stopped after the first epoch whose validation RMSLE is at or under the target.
@@ -44,7 +44,7 @@ LENET_VARIANTS = {
     "time_to_accuracy_augmented": {"lenet.train.optimizer": ADAM, "lenet.train.lr": 0.006,
                                    "lenet.train.batch_size": 32, "lenet.train.epochs": 2},
 }
-LENET_BAR = 5.0  # issue #3: the pipeline at least 5x faster than the seed's better thread setting
+LENET_BAR = 5.0  # target: the pipeline at least 5x faster than the tutorial's better thread setting
 
 
 @contextlib.contextmanager
@@ -81,7 +81,7 @@ def lenet_vs_seed(params, device: torch.device, repeats: int, variants: dict | N
     train, test = load_split("train"), load_split("test")
     classes = len(meta["class_names"])
     target = seed_recipe(train, test, classes, None, params.seed)["test_accuracy"]  # also warms up
-    log(f"  lenet: the seed's 2-epoch test accuracy (target): {target:.4f}")
+    log(f"  lenet: the tutorial's 2-epoch test accuracy (target): {target:.4f}")
     configs = {"pipeline_default": params, **{f"pipeline_{name}": variant_params(overrides, params_path)
                                               for name, overrides in variants.items()}}
 
@@ -183,14 +183,14 @@ def houses_vs_seed(params, device: torch.device, repeats: int, n_iterations: int
     reference = seed_run(None)  # also warms up
     target = reference["val_rmsle"]
     if math.isnan(target):
-        raise ValueError(f"the seed's loop with seed {seed} ends in NaN; choose another seed")
-    log(f"  houses: the seed's loop (seed {seed}) stops after {reference['iterations']} iterations at "
+        raise ValueError(f"the original loop with seed {seed} ends in NaN; choose another seed")
+    log(f"  houses: the original loop (seed {seed}) stops after {reference['iterations']} iterations at "
         f"val RMSLE {target:.4f} (target)")
     sides = {"seed_as_written": lambda: seed_run(None), "seed_1_thread": lambda: seed_run(1),
              "pipeline_default": lambda: houses_to_rmsle(params, target, device),
              "lr_range_test": lambda: houses_range_test(params, device)}
     sides = {name: quiet(side) for name, side in sides.items()}
-    quiet(lambda: houses_to_rmsle(params, target, device))()  # warms the pipeline's side (the seed's is warm)
+    quiet(lambda: houses_to_rmsle(params, target, device))()  # warms the pipeline's side (the original's is warm)
     results: dict[str, list] = {}
     times = alternate(sides, repeats, warmup=0, seconds_of=lambda r: r["seconds"], results=results)
     record = speedups(times, ["seed_as_written", "seed_1_thread"], ["pipeline_default"])

@@ -1,4 +1,4 @@
-"""The seed's plain house-price recipe, reproduced as written, for comparison.
+"""The original plain house-price recipe, reproduced as written, for comparison.
 
 FirstNeuralNet (10-5-1, Xavier), Adam with its default LR, full batch, the
 loss sqrt(MSE(log1p(output), log1p(price))) on the raw price output, up to

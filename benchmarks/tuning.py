@@ -5,7 +5,7 @@ and one thread against the stage's threads.
 One training step per network (forward, loss, zero_grad, backward, step) on
 synthetic batches of the stages' shapes: LeNet (batch 64, 3 x 32 x 32, SGD),
 ResNet18 fine-tuning (batch 32, 3 x 64 x 64: the default image size, Adam),
-the DCGAN (batch 16, 1 x 32 x 32, ngf = ndf = 32: the seed's D step then G
+the DCGAN (batch 16, 1 x 32 x 32, ngf = ndf = 32: the DCGAN tutorial's D step then G
 step, two Adams). Every option is a side of one alternation against the
 eager fp32 baseline; the figure is step-time ratio option / baseline (< 1:
 faster). For ``compile`` the first call's extra time is the compile time,

@@ -1,4 +1,4 @@
-"""DCGAN: the seed's networks and initialisation, the D and G steps (detach, one
+"""DCGAN: the tutorial's networks and initialisation, the D and G steps (detach, one
 optimizer each), trouble reporting, and the Fréchet distance against a scipy
 reference. The data slot and the stages: tests/test_dcgan_stages.py."""
 
@@ -122,7 +122,7 @@ def test_generator_step_leaves_the_discriminator_alone(nets, augment):
 
 
 def test_steps_are_the_seeds_update(nets):
-    """The seed's loop body, verbatim in substance, on copies: the same weights after one step."""
+    """The DCGAN tutorial's loop body, verbatim in substance, on copies: the same weights after one step."""
     g, d, opt_g, opt_d, real, z = nets
     g2, d2 = copy.deepcopy(g), copy.deepcopy(d)
     opt_g2 = torch.optim.Adam(g2.parameters(), lr=2e-4, betas=(0.5, 0.999))

@@ -241,6 +241,16 @@ def test_generated_files_are_what_the_declarations_give(tmp_path):
     assert yaml.safe_load(schema_file.read_text()) == config.schema()
 
 
+def test_each_stage_reads_one_model_section_and_the_shared_keys():
+    """params.yaml has one section per model: a stage reads its own model's section and the
+    shared keys, and another model's results only through the files it declares as deps."""
+    shared = {"seed", "device", "threads", "accel"}
+    for name, spec in declare.declarations().items():
+        sections = {key.split(".")[0] for key in spec.params} - shared
+        assert len(sections) <= 1, f"{name} reads {sorted(sections)}"
+        assert not sections or sections <= set(config.Params.__dataclass_fields__), (name, sections)
+
+
 def test_code_deps_follow_the_real_imports():
     """Each stage's code deps are the closure of its imports: the houses training runs the shared
     loop and the MLP, not the report's page builder or another model's code."""

@@ -121,7 +121,7 @@ def test_lenet_shapes_and_the_seeds_layers():
     assert model.features(x).shape == (5, 84)
     assert torch.all(model.features(x) >= 0)  # after the ReLU
     assert torch.allclose(model.fc3(model.features(x)), model(x))
-    # The seed's LeNet: the same layer names and sizes, so its state_dict loads as is.
+    # The CIFAR-10 tutorial's LeNet: the same layer names and sizes, so its state_dict loads as is.
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert shapes == {"conv1.weight": (6, 3, 5, 5), "conv1.bias": (6,), "conv2.weight": (16, 6, 5, 5),
                       "conv2.bias": (16,), "fc1.weight": (120, 400), "fc1.bias": (120,),

@@ -1,7 +1,7 @@
 """The transfer data slot: the LFW faces written as an ImageFolder of PNGs, the
 hymenoptera zip fetched from a local HTTP server on 127.0.0.1 serving a tiny
 zip in the real layout (built here), safe extraction, decoding into uint8
-tensors, and the seed's transforms on whole batches."""
+tensors, and the transfer-learning tutorial's transforms on whole batches."""
 
 from __future__ import annotations
 

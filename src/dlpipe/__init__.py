@@ -1,3 +1,3 @@
-"""dlpipe: the PyTorch recipes of the seed as one reproducible DVC + Snakemake pipeline."""
+"""dlpipe: four classic PyTorch recipes as one reproducible DVC + Snakemake pipeline."""
 
 __version__ = "0.1.0"

@@ -56,5 +56,5 @@ def load_meta(folder: Path = PREPARED_DIR) -> dict:
 
 
 def to_unit_range(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 0..255 -> float -1..1, the generator's Tanh range (the seed's Normalize(0.5, 0.5))."""
+    """uint8 0..255 -> float -1..1, the generator's Tanh range (the DCGAN tutorial's Normalize(0.5, 0.5))."""
     return images.float().mul_(1.0 / 127.5).sub_(1.0)

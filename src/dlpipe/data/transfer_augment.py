@@ -1,8 +1,8 @@
-"""The seed's transfer-learning transforms, on whole batches of uint8 tensors.
+"""The transforms of PyTorch's transfer-learning tutorial, on whole batches of uint8 tensors.
 
 Training: torchvision's ``RandomResizedCrop(size, scale, ratio)`` then
 ``RandomHorizontalFlip()``; validation: ``Resize(round(size / crop_fraction))``
-then ``CenterCrop(size)`` (the seed's 256 -> 224 is crop_fraction 0.875); both
+then ``CenterCrop(size)`` (the tutorial's 256 -> 224 is crop_fraction 0.875); both
 then ``Normalize`` with ImageNet's statistics.
 
 Every image's crop box is drawn as ``RandomResizedCrop.get_params`` draws it

@@ -1,4 +1,4 @@
-"""The seed's DCGAN: a generator of transposed convolutions from a noise vector
+"""The DCGAN of PyTorch's DCGAN tutorial: a generator of transposed convolutions from a noise vector
 of size ``nz`` to an ``nc`` x S x S image in [-1, 1] (Tanh), and a
 discriminator of strided convolutions from such an image to one probability
 (Sigmoid); BatchNorm everywhere except the generator's output and the
@@ -7,7 +7,7 @@ discriminator, no biases (BatchNorm has its own).
 
 The depth follows the image size S (32 or 64): the generator starts at 4 x 4
 with ``ngf * S / 8`` channels and halves them at each doubling, so S = 64 is
-exactly the seed's network and S = 32 drops its widest layer. The layers sit
+exactly the tutorial's network and S = 32 drops its widest layer. The layers sit
 in ``main`` (an ``nn.Sequential``) as in the seed, so the state_dict keys match.
 """
 
@@ -48,7 +48,7 @@ class Discriminator(nn.Module):
     def __init__(self, ndf: int = 64, nc: int = 3, image_size: int = 64):
         super().__init__()
         top = _multiplier(image_size)
-        # input is nc x S x S; no BatchNorm on the input layer (as in the seed)
+        # input is nc x S x S; no BatchNorm on the input layer (as in the tutorial)
         layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         mult = 1
         while mult < top:  # each block halves the side and doubles the channels
@@ -67,7 +67,7 @@ class Discriminator(nn.Module):
 
 
 def weights_init(module: nn.Module) -> None:
-    """The seed's initialisation (Radford et al., 2016): every convolution's
+    """The tutorial's initialisation (Radford et al., 2016): every convolution's
     weights N(0, 0.02); BatchNorm weights N(1, 0.02) and biases 0."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)

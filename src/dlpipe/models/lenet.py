@@ -1,6 +1,6 @@
-"""The seed's LeNet for 3 x 32 x 32 images: two 5x5 convolutions (6 and 16
-channels), each followed by ReLU and 2x2 max-pooling, then fully connected
-120 -> 84 -> classes.
+"""The LeNet of PyTorch's CIFAR-10 tutorial, for 3 x 32 x 32 images: two 5x5
+convolutions (6 and 16 channels), each followed by ReLU and 2x2 max-pooling,
+then fully connected 120 -> 84 -> classes.
 
 ``features(x)`` returns the penultimate (84-d) activations: the space in which
 the DCGAN stage measures its Frechet distance with a LeNet trained here.

@@ -1,7 +1,7 @@
-"""The seed's FirstNeuralNet: a fully connected regressor with Xavier init.
+"""The original house-price recipe's FirstNeuralNet: a fully connected regressor with Xavier init.
 
-Widths are configurable (the seed has 10 and 5). The network predicts
-log1p(price), not the price: the seed's loss takes log1p of the raw output and
+Widths are configurable (the recipe has 10 and 5). The network predicts
+log1p(price), not the price: the recipe's loss takes log1p of the raw output and
 is NaN as soon as an output falls below -1; in log space it never is.
 """
 

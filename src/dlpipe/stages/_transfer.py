@@ -99,7 +99,7 @@ def head_lr(params: Params) -> float:
 
 
 def finetune_lr(params: Params) -> float:
-    """The last group's (fc) LR: a tenth of stage 1's by default, as the seed advises."""
+    """The last group's (fc) LR: a tenth of stage 1's by default, as fastai's two-stage recipe advises."""
     lr = params.transfer.finetune.train.lr
     if lr == "head_div_10":
         return head_lr(params) / 10
