@@ -29,6 +29,7 @@ from dlpipe.pictures.sample_grid import to_uint8
 from dlpipe.stages import evaluate_dcgan
 from dlpipe.stages._dcgan import build_networks, generate
 from dlpipe.stages.train_dcgan import setup_training, train
+from dlpipe.training.state import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def fid_trace(params: Params, every: int) -> dict:
         log.info("epoch %d: fid %.2f (raw generator %.2f), %.4f x ceiling, %.0f s", epoch, fid, raw,
                  fid / ceiling, seconds)
 
-    result = train(run, params, on_epoch_end=score, name="gan_sweep")
+    result = train(run, params, on_epoch_end=score, files=RunFiles("gan_sweep"))
     last = [row for row in result.history if row["epoch"] == cfg.epochs]
     return {"fid_ceiling": ceiling, "fid_samples": len(real), "trace": trace,
             "last_epoch_d_x": sum(r["d_x"] for r in last) / len(last),

@@ -101,6 +101,7 @@ def gan_workload(params, device: torch.device, images: torch.Tensor | None = Non
     from dlpipe.data.loaders import TensorLoader
     from dlpipe.stages._dcgan import build_networks
     from dlpipe.training.gan import fit_gan
+    from dlpipe.training.state import RunFiles
 
     cfg, arch = params.dcgan.train, params.dcgan.model
     if images is None:
@@ -122,7 +123,7 @@ def gan_workload(params, device: torch.device, images: torch.Tensor | None = Non
     def pipeline(epoch: int) -> None:
         with contextlib.redirect_stderr(io.StringIO()):  # fit_gan's progress bar
             fit_gan(*ours[:4], loader, ours[4], nz=arch.nz, epochs=1, collapse_threshold=cfg.collapse_threshold,
-                    collapse_patience=cfg.collapse_patience, name="bench_dcgan")
+                    collapse_patience=cfg.collapse_patience, files=RunFiles("bench_dcgan"))
 
     def plain(epoch: int) -> None:
         bare[0].train()

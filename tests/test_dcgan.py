@@ -321,12 +321,94 @@ def test_lazy_r1_penalises_every_nth_step_scaled_by_n(nets, monkeypatch):
     seen = []
     step = gan.discriminator_step
 
-    def recording(*args):
+    def recording(*args, **options):
         seen.append(args[-1])  # r1_gamma, the last positional argument
-        return step(*args)
+        return step(*args, **options)
 
     monkeypatch.setattr(gan, "discriminator_step", recording)
     loader = TensorLoader(real.repeat(2, 1, 1, 1), torch.zeros(16), batch_size=4, shuffle=True, seed=0)
     gan.fit_gan(g, d, opt_g, opt_d, loader, torch.Generator().manual_seed(0), nz=NZ, epochs=2,
                 collapse_threshold=0.01, collapse_patience=100, r1_gamma=0.5, r1_interval=3)
     assert seen == [1.5, 0.0, 0.0, 1.5, 0.0, 0.0, 1.5, 0.0]  # 2 epochs x 4 batches, counted across epochs
+
+
+def tiny_fit_gan(**options):
+    """fit_gan over 40 tiny images (5 batches, 3 epochs) from fixed seeds; every image index
+    in ``nan_images`` gets a NaN pixel. Returns the result and everything it trained."""
+    from dlpipe.data.loaders import TensorLoader
+    from dlpipe.training import gan
+
+    nan_images = options.pop("nan_images", ())
+    torch.manual_seed(0)
+    g, d = build(NZ, 8, 8, 1, 32)
+    images = torch.rand(40, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    for index in nan_images:
+        images[index, 0, 3, 3] = float("nan")
+    loader = TensorLoader(images, torch.zeros(40), batch_size=8, shuffle=True, seed=0, drop_last=True)
+    opt_g, opt_d = (torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999)) for net in (g, d))
+    noise = torch.Generator().manual_seed(2)
+    result = gan.fit_gan(g, d, opt_g, opt_d, loader, noise, nz=NZ, epochs=3, collapse_threshold=0.45,
+                         collapse_patience=2, **options)
+    return result, {"g": g.state_dict(), "d": d.state_dict(), "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(), "sampler": result.sampler.state_dict(), "noise": noise.get_state()}
+
+
+def same_bits(a, b) -> bool:
+    """Equal, NaN included (a NaN input leaves NaN in BatchNorm's running statistics)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and bool(
+            torch.equal(a.nan_to_num(12345.0), b.nan_to_num(12345.0)) and torch.equal(a.isnan(), b.isnan()))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_bits(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return a == b
+
+
+@pytest.mark.parametrize("nan_images", [(5,), (3, 11, 17, 25, 33)], ids=["one", "several"])
+def test_a_non_finite_step_gives_what_a_check_after_every_step_gives(monkeypatch, nan_images, caplog):
+    """fit_gan takes every update and checks an epoch's steps at its end; an epoch with a
+    non-finite step is rerun from its start with the check after every step. The result is
+    that of checking every step from the start (same rows, counts, weights, Adam states)."""
+    from dlpipe.training import gan
+
+    with caplog.at_level("WARNING"):
+        result, trained = tiny_fit_gan(nan_images=nan_images, ema_decay=0.9, r1_gamma=1.0, r1_interval=2)
+    assert "rerunning it from its start" in caplog.text
+    assert result.watch["nan_steps"] > 0
+    assert any(math.isnan(row["loss_d"]) for row in result.history)
+    assert len(result.history) == 15 and [row["step"] for row in result.history] == list(range(1, 16))
+
+    for name in ("discriminator_step", "generator_step"):
+        step = getattr(gan, name)
+        monkeypatch.setattr(gan, name, lambda *args, _step=step, **options: _step(*args, **{**options, "check": True}))
+    checked, checked_trained = tiny_fit_gan(nan_images=nan_images, ema_decay=0.9, r1_gamma=1.0, r1_interval=2)
+    assert same_bits(result.history, checked.history) and result.watch == checked.watch
+    assert same_bits(trained, checked_trained)
+
+
+def test_the_gan_loop_reads_the_device_once_per_epoch(monkeypatch):
+    """No .item(), bool() or float() on a tensor while training (each would wait for the GPU):
+    one .tolist() of the epoch's stacked numbers. SGD: Adam reads its step count on the CPU."""
+    from dlpipe.data.loaders import TensorLoader
+    from dlpipe.training import gan
+
+    torch.manual_seed(0)
+    g, d = build(NZ, 8, 8, 1, 32)
+    loader = TensorLoader(torch.rand(32, 1, 32, 32) * 2 - 1, torch.zeros(32), batch_size=8, shuffle=True, seed=0)
+    opt_g, opt_d = (torch.optim.SGD(net.parameters(), lr=1e-3) for net in (g, d))
+    reads = {}
+    for method in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _name=method, _original=original):
+            reads[_name] = reads.get(_name, 0) + 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    result = gan.fit_gan(g, d, opt_g, opt_d, loader, torch.Generator().manual_seed(0), nz=NZ, epochs=2,
+                         collapse_threshold=0.01, collapse_patience=100, r1_gamma=1.0)
+    monkeypatch.undo()
+    assert len(result.history) == 8 and reads == {"tolist": 2}

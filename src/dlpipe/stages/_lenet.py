@@ -21,7 +21,7 @@ from dlpipe.training import loop
 from dlpipe.training.accel import OFF, Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.loop import FitResult
-from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.state import RunFiles
 from dlpipe.training.tasks import classification
 
 LR_FIND_JSON = Path("reports/lr_find/lenet.json")
@@ -71,15 +71,11 @@ def fit(net: LeNetSection | FeatureNet, seed: int, lr: float, device: torch.devi
     meta = load_meta()
     train, val = train_loader(net, seed, meta, device), eval_loader("val", meta, device)
     model = build_model(net, seed, len(meta["class_names"]), device)
-    accel.prepare(model)
-    optimizer = build_optimizer(model.parameters(), net.train, lr)
-    scheduler, per_batch = build_scheduler(optimizer, net.train, len(train))
-    result = loop.fit(
-        model, train, val, classification(), optimizer, scheduler, per_batch,
-        epochs=net.train.epochs, patience=net.train.patience, min_delta=net.train.min_delta,
-        checkpoint_path=checkpoint, params_hash=run_identity(
-            stage, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON], lr=lr),
-        history_path=history, name=stage.rpartition(".")[2], accel=accel,
+    result = loop.train(
+        model, model.parameters(), train, val, classification(), net.train, lr, RunFiles(
+            name=stage.rpartition(".")[2], checkpoint=checkpoint, identity=run_identity(
+                stage, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON], lr=lr),
+            history=history), accel,
     )
     tensor_io.save_weights(weights, result.best_state)
     return result, meta

@@ -22,7 +22,7 @@ from dlpipe.stages._transfer import BACKBONE, CHECKPOINTS, PLOTS, augmenting_loa
 from dlpipe.training import loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
-from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.state import RunFiles
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
@@ -51,16 +51,11 @@ def main(params: Params) -> None:
     # Validation sees each whole image resized (crop fraction 1): a centre crop could cut strokes off.
     val_batches = eval_loader(val["images"], _sizes(val), val["labels"], size, 1.0)
     model = build_model(params, len(meta["class_names"]), device)
-    accel = Accel.from_params(params.accel, device)
-    accel.prepare(model)
-    optimizer = build_optimizer(model.parameters(), cfg.train, cfg.train.lr)
-    scheduler, per_batch = build_scheduler(optimizer, cfg.train, len(train_batches))
-    result = loop.fit(
-        model, train_batches, val_batches, classification(), optimizer, scheduler, per_batch,
-        epochs=cfg.train.epochs, patience=cfg.train.patience, min_delta=cfg.train.min_delta,
-        checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]),
-        history_path=HISTORY, name="pretrain_transfer_backbone", accel=accel,
+    result = loop.train(
+        model, model.parameters(), train_batches, val_batches, classification(), cfg.train, cfg.train.lr, RunFiles(
+            name="pretrain_transfer_backbone", checkpoint=CHECKPOINT, identity=run_identity(
+                __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]),
+            history=HISTORY), Accel.from_params(params.accel, device),
     )
     tensor_io.save_weights(BACKBONE, result.best_state)
     log.info("transfer backbone on %s: best val_accuracy %.4f at epoch %d of %d", meta["dataset"],

@@ -1,4 +1,4 @@
-"""Stage train_dcgan: the seed's DCGAN on data/prepared/gan.
+"""Stage train_dcgan: PyTorch's DCGAN tutorial's networks and updates on data/prepared/gan.
 
 Both networks initialised N(0, 0.02) under ``seed``; BCE; one Adam each
 (lr 2e-4, betas (0.5, 0.999) by default); the training batches are slices of
@@ -37,7 +37,7 @@ from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID,
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.gan import GanResult, epoch_means, fit_gan
 from dlpipe.training.gan_augment import DiffAugment
-from dlpipe.training.loop import write_history
+from dlpipe.training.state import RunFiles, write_history
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def setup_training(params: Params, device: torch.device) -> Setup:
 
 
 def train(run: Setup, params: Params, **options) -> GanResult:
-    """fit_gan with the params' settings; ``options``: checkpoint, history, epoch hook, name."""
+    """fit_gan with the params' settings; ``options``: files (RunFiles), epoch hook."""
     cfg = params.dcgan.train
     return fit_gan(run.generator, run.discriminator, run.opt_g, run.opt_d, run.loader, run.noise_generator,
                    nz=params.dcgan.model.nz, epochs=cfg.epochs, collapse_threshold=cfg.collapse_threshold,
@@ -159,9 +159,10 @@ def main(params: Params) -> None:
 
     started = time.perf_counter()
     result = train(
-        run, params, checkpoint_path=CHECKPOINT,
-        params_hash=run_identity(__name__, params, [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
-        history_path=STEPS_CSV, on_epoch_end=grids, name="train_dcgan",
+        run, params, files=RunFiles(
+            name="train_dcgan", checkpoint=CHECKPOINT,
+            identity=run_identity(__name__, params, [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
+            history=STEPS_CSV), on_epoch_end=grids,
     )
     EpochGrids.publish(cfg.epochs)
     write_history(HISTORY_CSV, per_epoch(result.history, cfg.collapse_threshold))

@@ -1,4 +1,4 @@
-"""Stage train_houses: the seed's house-price MLP on the shared training loop.
+"""Stage train_houses: the house-price MLP on the shared training loop.
 
 RMSLE loss in log space, Adam by default, ``lr: auto`` from lr_find_houses,
 early stopping on validation RMSLE, best (not last) weights to models/houses.pt.
@@ -16,7 +16,7 @@ from dlpipe.declare import Stage
 from dlpipe.stages._houses import CHECKPOINT, LR_FIND_JSON, WEIGHTS, build_model, loaders
 from dlpipe.training import loop, lr_finder
 from dlpipe.training.checkpoint import run_identity
-from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.state import RunFiles
 from dlpipe.training.tasks import log_price_regression
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,11 @@ def main(params: Params) -> None:
     lr = lr_finder.resolve_lr(cfg.lr, LR_FIND_JSON, "houses.train.lr")
     train_loader, val_loader = loaders(params, device)
     model = build_model(params, train_loader, device)
-    optimizer = build_optimizer(model.parameters(), cfg, lr)
-    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train_loader))
-    result = loop.fit(
-        model, train_loader, val_loader, log_price_regression(), optimizer, scheduler, per_batch,
-        epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
-        checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt"], lr=lr),
-        history_path=HISTORY, name="train_houses",
+    result = loop.train(
+        model, model.parameters(), train_loader, val_loader, log_price_regression(), cfg, lr, RunFiles(
+            name="train_houses", checkpoint=CHECKPOINT, identity=run_identity(
+                __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt"], lr=lr),
+            history=HISTORY),
     )
     tensor_io.save_weights(WEIGHTS, result.best_state)
     log.info("houses: best val_rmsle %.5f at epoch %d of %d (lr %.4g)", result.best_metric,

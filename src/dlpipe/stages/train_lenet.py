@@ -1,4 +1,4 @@
-"""Stage train_lenet: the seed's LeNet on the shared training loop.
+"""Stage train_lenet: the CIFAR-10 tutorial's LeNet on the shared training loop.
 
 uint8 images stay on the device, batches are slices of a seeded permutation,
 random crops (and flips for photos) on whole batches, normalisation by the

@@ -20,7 +20,7 @@ from dlpipe.stages.train_transfer_head import HISTORY as HEAD_HISTORY
 from dlpipe.training import loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
-from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.state import RunFiles
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,13 @@ def main(params: Params) -> None:
     meta = load_meta()
     train, val = train_loader(params, cfg, device), val_loader(params, device)
     model = finetune_model(params, len(meta["class_names"]), device)
-    accel = Accel.from_params(params.accel, device)
-    accel.prepare(model)
     groups = finetune_groups(model, lr, params.transfer.finetune.lr_spread)
     group_lrs = [group["lr"] for group in groups]  # the peaks; one-cycle changes the live values
-    optimizer = build_optimizer(groups, cfg, lr)
-    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
-    result = loop.fit(
-        model, train, val, classification(), optimizer, scheduler, per_batch,
-        epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
-        checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            __name__, params, PREPARED_FILES + [HEAD_WEIGHTS], lr=lr),
-        history_path=HISTORY, name="train_transfer_finetune", accel=accel,
+    result = loop.train(
+        model, groups, train, val, classification(), cfg, lr, RunFiles(
+            name="train_transfer_finetune", checkpoint=CHECKPOINT, identity=run_identity(
+                __name__, params, PREPARED_FILES + [HEAD_WEIGHTS], lr=lr),
+            history=HISTORY), Accel.from_params(params.accel, device),
     )
     tensor_io.save_weights(FINETUNE_WEIGHTS, result.best_state)
     log.info("transfer fine-tuning on %s: best val_accuracy %.4f at epoch %d of %d (group LRs %s)",

@@ -17,7 +17,7 @@ from dlpipe.stages._transfer import (BACKBONE, CHECKPOINTS, HEAD_LR_JSON, HEAD_W
 from dlpipe.training import loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
-from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.state import RunFiles
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,11 @@ def main(params: Params) -> None:
     meta = load_meta()
     train, val = train_loader(params, cfg, device), val_loader(params, device)
     model, source = head_model(params, len(meta["class_names"]), device)
-    accel = Accel.from_params(params.accel, device)
-    accel.prepare(model)
-    optimizer = build_optimizer(model.fc.parameters(), cfg, lr)
-    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
-    result = loop.fit(
-        model, train, val, classification(), optimizer, scheduler, per_batch,
-        epochs=cfg.epochs, patience=cfg.patience, min_delta=cfg.min_delta,
-        checkpoint_path=CHECKPOINT, params_hash=run_identity(
-            __name__, params, PREPARED_FILES + weights_files(params), lr=lr),
-        history_path=HISTORY, name="train_transfer_head", accel=accel,
+    result = loop.train(
+        model, model.fc.parameters(), train, val, classification(), cfg, lr, RunFiles(
+            name="train_transfer_head", checkpoint=CHECKPOINT, identity=run_identity(
+                __name__, params, PREPARED_FILES + weights_files(params), lr=lr),
+            history=HISTORY), Accel.from_params(params.accel, device),
     )
     tensor_io.save_weights(HEAD_WEIGHTS, result.best_state)
     log.info("transfer head on %s (backbone: %s): best val_accuracy %.4f at epoch %d of %d (lr %.4g)",

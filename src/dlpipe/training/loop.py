@@ -2,26 +2,26 @@
 
 ``fit`` keeps the best weights by a monitored validation metric, stops early
 after ``patience`` epochs without an improvement of at least ``min_delta``,
-writes per-epoch history and a resumable checkpoint each epoch.
+writes per-epoch history and a resumable checkpoint each epoch (both through
+``state.TrainingState``, which the GAN loop shares). ``train`` is ``fit`` with
+the optimizer, schedule and stopping rule of a params ``Train`` section.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
-from tqdm import tqdm
 
+from dlpipe.config import Train
 from dlpipe.errors import PipelineError
-from dlpipe.io import write_text
-from dlpipe.training import checkpoint, faults
+from dlpipe.training import faults
 from dlpipe.training.accel import OFF, Accel
+from dlpipe.training.schedules import build_optimizer, build_scheduler
+from dlpipe.training.state import RunFiles, TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,25 @@ class Task:
             return True
         gain = best - value if self.mode == "min" else value - best
         return gain > min_delta or (self.later_ties_win and gain >= min_delta)
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """The optimizer and its LR schedule, stepped every batch (one-cycle, cyclic) or every epoch."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object = None  # an LRScheduler, or None
+    per_batch: bool = False
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """At most ``epochs``; with ``patience`` > 0, stop after that many epochs in a row
+    without an improvement of at least ``min_delta`` of the monitored metric."""
+
+    epochs: int
+    patience: int = 0
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -116,86 +135,48 @@ def evaluate(model, loader, task: Task, accel: Accel = OFF) -> dict[str, float]:
     return task.metrics_fn(outputs, targets)
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(path, buffer.getvalue())
-
-
-def fit(
-    model: torch.nn.Module,
-    train_loader,
-    val_loader,
-    task: Task,
-    optimizer: torch.optim.Optimizer,
-    scheduler=None,
-    scheduler_per_batch: bool = False,
-    *,
-    epochs: int,
-    patience: int = 0,
-    min_delta: float = 0.0,
-    checkpoint_path: Path | None = None,
-    params_hash: str = "",
-    history_path: Path | None = None,
-    name: str = "train",
-    accel: Accel = OFF,
-) -> FitResult:
+def fit(model: torch.nn.Module, train_loader, val_loader, task: Task, optimization: Optimization,
+        stopping: Stopping, files: RunFiles = RunFiles(), accel: Accel = OFF) -> FitResult:
+    optimizer, scheduler = optimization.optimizer, optimization.scheduler
     scaler = accel.grad_scaler()
-    state = checkpoint.load_resumable(checkpoint_path, params_hash) if checkpoint_path else None
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        checkpoint.restore_rng_states(state["rng"])
-        start, best_metric, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
-        best_state, bad_epochs, history = state["best_state"], state["bad_epochs"], state["history"]
-        stopped = state["stopped"]
-    else:
-        start, best_metric, best_epoch, bad_epochs, history, stopped = 0, None, 0, 0, [], False
-        best_state = copy.deepcopy(model.state_dict())
+    state = TrainingState(files, {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler})
+    if not state.resume():
+        state.best_state = copy.deepcopy(model.state_dict())
 
-    bar = tqdm(range(start, epochs), desc=name, unit="epoch", initial=start, total=epochs,
-               disable=stopped, mininterval=1.0)
-    for epoch in bar:
-        if stopped:
-            break
+    for epoch in state.epochs(stopping.epochs):
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[-1]["lr"]
         train_loss = train_one_epoch(model, train_loader, task.loss_fn, optimizer,
-                                     scheduler if scheduler_per_batch else None, epoch, accel, scaler)
-        if scheduler is not None and not scheduler_per_batch:
+                                     scheduler if optimization.per_batch else None, epoch, accel, scaler)
+        if scheduler is not None and not optimization.per_batch:
             scheduler.step()
         metrics = evaluate(model, val_loader, task, accel)
         value = metrics[task.monitor]
-        if task.improved(value, best_metric, min_delta):
-            best_metric, best_epoch, bad_epochs = value, epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if task.improved(value, state.best_metric, stopping.min_delta):
+            state.best_metric, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
+            state.best_state = copy.deepcopy(model.state_dict())
         else:
-            bad_epochs += 1
-        stopped = bool(patience) and bad_epochs >= patience
-        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **metrics})
-        bar.set_postfix(train_loss=f"{train_loss:.4f}", **{task.monitor: f"{value:.4f}"})
-        log.info("%s epoch %d/%d lr %.3g train_loss %.5f %s %.5f", name, epoch + 1, epochs, lr,
+            state.bad_epochs += 1
+        state.stopped = bool(stopping.patience) and state.bad_epochs >= stopping.patience
+        state.postfix(train_loss=f"{train_loss:.4f}", **{task.monitor: f"{value:.4f}"})
+        log.info("%s epoch %d/%d lr %.3g train_loss %.5f %s %.5f", files.name, epoch + 1, stopping.epochs, lr,
                  train_loss, task.monitor, value)
-        if history_path:
-            write_history(history_path, history)
-        if checkpoint_path:
-            checkpoint.save(checkpoint_path, {
-                "params_hash": params_hash, "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "scaler": scaler.state_dict(), "rng": checkpoint.rng_states(), "best_metric": best_metric, "best_epoch": best_epoch,
-                "best_state": best_state, "bad_epochs": bad_epochs, "history": history, "stopped": stopped,
-            })
-            faults.kill_if_armed("epoch_end", epoch + 1)
-        if stopped:
-            log.info("%s: early stop after epoch %d (best %s %.5f at epoch %d)", name, epoch + 1,
-                     task.monitor, best_metric, best_epoch)
-    if history_path and history:
-        write_history(history_path, history)
-    return FitResult(best_state, best_metric, best_epoch, len(history), stopped, history)
+        state.end_epoch([{"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **metrics}])
+        if state.stopped:
+            log.info("%s: early stop after epoch %d (best %s %.5f at epoch %d)", files.name, epoch + 1,
+                     task.monitor, state.best_metric, state.best_epoch)
+    state.finish()
+    return FitResult(state.best_state, state.best_metric, state.best_epoch, len(state.history), state.stopped,
+                     state.history)
+
+
+def train(model: torch.nn.Module, parameters: Iterable, train_loader, val_loader, task: Task, cfg: Train,
+          lr: float, files: RunFiles, accel: Accel = OFF) -> FitResult:
+    """``fit`` as the training stages run it: ``accel`` applied to ``model``, the optimizer
+    over ``parameters`` (or param groups) at ``lr`` and the LR schedule built from the
+    ``Train`` section ``cfg`` (training.schedules), which also gives the stopping rule."""
+    accel.prepare(model)
+    optimizer = build_optimizer(parameters, cfg, lr)
+    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train_loader))
+    return fit(model, train_loader, val_loader, task, Optimization(optimizer, scheduler, per_batch),
+               Stopping(cfg.epochs, cfg.patience, cfg.min_delta), files, accel)
