@@ -7,6 +7,9 @@ from snakemake.utils import validate
 
 configfile: "params.yaml"
 
+# What `snakemake --report report.html` says about the workflow.
+report: "workflow/report/workflow.rst"
+
 # The schema dlpipe.config checks in every stage: both engines refuse the
 # same params before any job starts.
 validate(config, "workflow/schemas/params.schema.yaml")

@@ -429,3 +429,18 @@ def test_second_snakemake_run_does_nothing(snakemake_run):
     assert "Nothing to be done" in out
     assert re.findall(r"^(?:local)?rule (\w+):", out, re.M) == []
     assert output_files(repo) == before
+
+
+def test_snakemake_report_holds_each_models_results_with_captions(snakemake_run, tmp_path):
+    """`snakemake --report`: the workflow's description, and each model's metrics files and
+    pictures under its category, captioned with what the stage that wrote them does."""
+    page = tmp_path / "report.html"
+    sh(["snakemake", "--report", str(page)], snakemake_run.repo, snakemake_run.env)
+    html = page.read_text()
+    assert "four classic PyTorch recipes" in html  # workflow/report/workflow.rst
+    for model in ("houses", "lenet", "transfer", "dcgan"):
+        assert f"reports/metrics/{model}.json" in html, model
+    for picture in ("reports/plots/lenet/confusion.png", "reports/plots/dcgan/final_grid.png", "reports/index.html"):
+        assert picture in html, picture
+    stages = yaml.safe_load((snakemake_run.repo / "dvc.yaml").read_text())["stages"]
+    assert stages["evaluate_lenet"]["desc"] in html  # a caption, from the stage's docstring

@@ -347,6 +347,7 @@ class Params:
     transfer: TransferSection = key()
     dcgan: DCGANSection = key()
     raw: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)  # the document as read
+    source: str = dataclasses.field(repr=False, compare=False, default="params.yaml")  # the file it came from
 
     def section_hash(self, *keys: str) -> str:
         """sha256 of the named dotted sections, for checkpoint identity."""
@@ -405,7 +406,7 @@ def _build(cls, value):
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
         return cls(**{f.name: _build(hints[f.name], value[f.name])
-                      for f in dataclasses.fields(cls) if f.name in value and f.name != "raw"})
+                      for f in dataclasses.fields(cls) if f.name in value and "schema" in f.metadata})
     if typing.get_origin(cls) is tuple:
         return tuple(value)
     if cls is float and isinstance(value, int):
@@ -436,4 +437,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     raw = read_yaml(path)
     validate_raw(raw, source=str(path))
-    return dataclasses.replace(_build(Params, raw), raw=raw)
+    return dataclasses.replace(_build(Params, raw), raw=raw, source=str(path))

@@ -14,6 +14,7 @@ Nothing here reads files at import time; every function takes what it needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -35,6 +36,7 @@ class Stage:
     outs: tuple[str, ...]  # outs + metrics + plots, persisted outs left out
     params: tuple[str, ...]  # dotted keys into params.yaml
     resources: dict = field(default_factory=dict)  # meta.resources: mem_mb, runtime (minutes), gpu
+    desc: str = ""  # what the stage does, in words (dvc.yaml's desc)
 
 
 def is_directory(path: str) -> bool:
@@ -89,7 +91,7 @@ def stages_from_dvc(dvc_yaml: dict) -> list[Stage]:
         deps = tuple(_entry(item)[0] for item in spec.get("deps") or [])
         resources = dict((spec.get("meta") or {}).get("resources") or {})
         stages.append(Stage(name, cmd, deps, tuple(_outputs(spec)), tuple(_param_keys(name, spec.get("params"))),
-                            resources))
+                            resources, str(spec.get("desc", ""))))
     return stages
 
 
@@ -132,6 +134,53 @@ def check_thread_keys(config: dict, stage_names: list[str], source: str = "param
     if unknown:
         raise PipelineError(f"{source}: unknown key 'threads.{unknown[0]}'; expected a stage name "
                             f"(one of: {', '.join(stage_names)})")
+
+
+def job_params_file(config: dict, params_path: str | Path = "params.yaml",
+                    folder: str | Path = ".snakemake/dlpipe") -> str | None:
+    """The params file a Snakemake job's stage reads. None (the stage reads params.yaml)
+    when Snakemake's config is params.yaml's content; otherwise, after ``--config`` or
+    ``--configfile``, that config written to ``<folder>/params-<sha256 prefix>.yaml``,
+    so that the values the rule records are the values the stage runs with."""
+    from dlpipe.io import write_text
+
+    on_disk = yaml.safe_load(Path(params_path).read_text()) if Path(params_path).is_file() else None
+    if on_disk == config:
+        return None
+    text = yaml.safe_dump(config, sort_keys=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(folder) / f"params-{digest}.yaml"
+    if not path.is_file() or path.read_text() != text:  # a content name: every job agrees on it
+        write_text(path, text)
+    return path.as_posix()
+
+
+def rule_inputs(stage: Stage, produced: dict[str, str], root: str | Path = ".") -> list[str]:
+    """A stage's deps as Snakemake inputs. A source folder (not another stage's output)
+    is listed file by file: Snakemake sees only a folder's own mtime, which editing
+    a file inside does not change."""
+    files = []
+    for dep in stage.deps:
+        if is_directory(dep) and dep not in produced:
+            files.extend(source_files(dep, root))
+        else:
+            files.append(dep)
+    return files
+
+
+MODEL_SECTIONS = ("houses", "lenet", "transfer", "dcgan")
+
+
+def report_category(stage: Stage) -> str:
+    """The section of Snakemake's report a stage's results go to: the model whose params
+    section it reads (each stage reads at most one), else the stage's own name."""
+    sections = [key.split(".")[0] for key in stage.params if key.split(".")[0] in MODEL_SECTIONS]
+    return sections[0] if sections else stage.name
+
+
+def in_report(path: str) -> bool:
+    """Outputs `snakemake --report` shows: metrics files, pictures and the HTML report."""
+    return path.startswith("reports/metrics/") or PurePosixPath(path).suffix in (".png", ".html")
 
 
 def produced_by(stages: list[Stage]) -> dict[str, str]:

@@ -1,8 +1,8 @@
 # One rule per dvc.yaml stage. Input = deps, output = outs + metrics + plots
 # (persisted outs left out), params = the stage's params.yaml values, so that a
 # changed value, like a changed command, reruns the rule as `dvc repro` would.
-from dlpipe.workflow_graph import (check_thread_keys, is_directory, load_stages, produced_by, resolve_params,
-                                   source_files, stage_threads)
+from dlpipe.workflow_graph import (check_thread_keys, in_report, is_directory, job_params_file, load_stages,
+                                   produced_by, report_category, resolve_params, rule_inputs, stage_threads)
 import os
 
 # GPUs on this machine: every job runs its command through dlpipe.gpu_slots,
@@ -13,45 +13,46 @@ import os
 # executor is known only once the run starts (not while this file is read),
 # hence the onstart handler; it runs in the main process only (never in a
 # cluster job, and not with --no-hooks), before the first job starts.
+# (snakemake --lint asks for an envvars directive: this variable is set here,
+# never by the user, so there is nothing to assert.)
 onstart:
     if workflow.local_exec:
         os.environ["DLPIPE_GPU_LOCKS"] = os.path.abspath(".snakemake/gpu_slots")
 
 # dvc.yaml sits beside the Snakefile; job paths are relative to the working
 # directory, which is the repository root when run as documented.
-STAGES = load_stages(workflow.basedir + "/dvc.yaml")
+STAGES = load_stages(os.path.join(workflow.basedir, "dvc.yaml"))
 check_thread_keys(config, [stage.name for stage in STAGES])
 PRODUCED = produced_by(STAGES)
 CONSUMED = {dep for stage in STAGES for dep in stage.deps}
+# Snakemake's config (params.yaml, plus --config / --configfile) is what every job runs
+# with: when it differs from params.yaml, the stages read it from a file of its own.
+JOB_PARAMS = job_params_file(config)
+PARAMS_ARG = f" --params {JOB_PARAMS}" if JOB_PARAMS else ""
 # rule all asks for what no stage consumes: the ends of the graph.
 TERMINAL_OUTPUTS = [out for out in PRODUCED if out not in CONSUMED]
 
 
-def _inputs(stage):
-    files = []
-    for dep in stage.deps:
-        # A source folder is listed file by file: Snakemake would only see the
-        # folder's own mtime, which editing a file inside does not change.
-        if is_directory(dep) and dep not in PRODUCED:
-            files.extend(source_files(dep))
-        else:
-            files.append(dep)
-    return files
-
-
+# (snakemake --lint asks each rule for a conda environment or a container: the
+# stages run in the pinned virtual environment `make setup` builds, whose
+# `python` must come first on PATH, locally and on a cluster: docs/cluster.md.)
 for _stage in STAGES:
 
     rule:
         name:
             _stage.name
         input:
-            _inputs(_stage),
+            rule_inputs(_stage, PRODUCED),
         output:
-            [directory(out) if is_directory(out) else out for out in _stage.outs],
+            # `snakemake --report`: metrics and pictures by model, each captioned with its stage's desc
+            [directory(out) if is_directory(out)
+             else report(out, caption="../report/output.rst", category=report_category(_stage)) if in_report(out)
+             else out for out in _stage.outs],
         params:
             # The command lives in params: the loop variable must be captured
             # now, and the shell string is formatted only when the job runs.
-            cmd=_stage.cmd,
+            cmd=_stage.cmd + PARAMS_ARG,
+            desc=_stage.desc,  # for the report's captions
             # Identifiers cannot hold dots; the value keeps the dotted key so
             # Snakemake's record (values only) still tells keys apart.
             **{

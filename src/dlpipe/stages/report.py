@@ -16,7 +16,6 @@ from dlpipe.report.registry import MODELS
 
 log = logging.getLogger(__name__)
 INDEX = Path("reports/index.html")
-PARAMS_FILE = Path("params.yaml")
 
 
 STAGE = Stage(
@@ -29,7 +28,8 @@ STAGE = Stage(
 
 
 def main(params: Params) -> None:
-    params_text = PARAMS_FILE.read_text() if PARAMS_FILE.is_file() else ""
+    source = Path(params.source)  # params.yaml, or the config a Snakemake run was given
+    params_text = source.read_text() if source.is_file() else ""
     html = page.build(params.raw, Path("."), params_text)
     write_text(INDEX, html)
     log.info("report: %s (%.0f KiB)", INDEX, len(html.encode()) / 1024)
