@@ -8,11 +8,15 @@
 # about 16 minutes on 2 cores; BENCH_ARGS=--quick for a check).
 # make seeds: the headline metrics of the default params over seeds 42, 1, 2, 3 (every split seed
 # too), each a clean-state dvc repro, two at once (python -m benchmarks.seeds: reports/seeds.json).
+# make setup also writes build/plots_template.html (git-ignored), the page that `dvc plots show` and
+# `dvc plots diff` fill (.dvc/config: plots.html_template): Vega, Vega-Lite and Vega-Embed inline
+# from the pinned django-js-lib-vega-embed, so the charts draw with no network.
 
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PLOTS_TEMPLATE := build/plots_template.html
 # Stages call `python -m dlpipe ...`; the venv must come first on PATH for both engines.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # OpenMP's busy-wait slows torch ~10x when another process holds a core.
@@ -23,13 +27,17 @@ SEEDS_ARGS ?=
 
 .PHONY: setup run test test-slow snakemake snakemake-touch bench seeds generate clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(PLOTS_TEMPLATE)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# Written where .dvc/config's plots.html_template points (python -m dlpipe.plots_template reads it).
+$(PLOTS_TEMPLATE): $(STAMP) src/dlpipe/plots_template.py
+	$(BIN)/python -m dlpipe.plots_template
 
 run: setup
 	$(BIN)/dvc repro
@@ -69,4 +77,4 @@ generate: setup
 	$(BIN)/python -m dlpipe.declare
 
 clean:
-	rm -rf $(VENV) .snakemake logs
+	rm -rf $(VENV) .snakemake logs $(PLOTS_TEMPLATE)
