@@ -328,7 +328,12 @@ CASES = [
     Case("params-unknown-classifier-dataset", "fetch_classifier", {"lenet.data.name": "mnist"},
          (BAD_PARAMS, "'lenet.data.name'", "'mnist' is not one of ['digits', 'cifar10']")),
     Case("params-unknown-transfer-dataset", "fetch_transfer", {"transfer.data.name": "ants"},
-         (BAD_PARAMS, "'transfer.data.name'", "'ants' is not one of ['faces', 'hymenoptera']")),
+         (BAD_PARAMS, "'transfer.data.name'", "'ants' is not one of ['faces', 'hymenoptera', 'folder']",
+          "expected faces | hymenoptera | folder")),
+    Case("params-transfer-folder-val-fraction-too-large", "fetch_transfer",
+         {"transfer.data.name": "folder", "transfer.data.folder_val_fraction": 0.9},
+         (BAD_PARAMS, "'transfer.data.folder_val_fraction'", "0.9 is greater than the maximum of 0.5",
+          "the share of each class written to val/")),
     Case("params-unknown-gan-dataset", "prepare_gan", {"dcgan.data.name": "celeba"},
          (BAD_PARAMS, "'dcgan.data.name'", "is not one of", "expected digits | cifar10")),
     Case("params-unknown-device", "train_houses", {"device": "tpu"},
@@ -433,6 +438,39 @@ CASES = [
          setup=lambda c: c.empty_dir("data/raw/transfer/train/non_face")),
     Case("transfer-corrupt-png", "prepare_transfer", None, ("{file}: not a readable image",),
          setup=lambda c: {"file": half_of_first(c, "data/raw/transfer/val/non_face")}),
+    # transfer.data.name: folder, a folder of yours outside the workspace ({tmp}/mine)
+    Case("transfer-own-folder-key-empty", "fetch_transfer", {"transfer.data.name": "folder"},
+         ("params.yaml: 'transfer.data.folder' is empty but 'transfer.data.name' is 'folder'",
+          "set it to a folder holding train/<class>/* and val/<class>/*, or <class>/*")),
+    Case("transfer-own-folder-missing", "fetch_transfer",
+         {"transfer.data.name": "folder", "transfer.data.folder": "no/such/folder"},
+         ("no/such/folder: the transfer images folder ('transfer.data.folder') does not exist",), cli=True),
+    Case("transfer-own-folder-no-pictures", "fetch_transfer", None,
+         ("{tmp}/mine: no pictures in any of its class folders (a, b) ('transfer.data.folder')",
+          "expected one sub-folder per class holding its pictures"),
+         setup=lambda c: own_folder(c, {"a": 0, "b": 0})),
+    Case("transfer-own-folder-one-class", "fetch_transfer", None,
+         ("{tmp}/mine: only one class folder (face/) ('transfer.data.folder')",
+          "expected at least two class folders"),
+         setup=lambda c: own_folder(c, {"face": 4})),
+    Case("transfer-own-folder-empty-class", "fetch_transfer", None,
+         ("{tmp}/mine/train/b: class folder holds no pictures", "('transfer.data.folder')",
+          "expected at least one picture in every class folder"),
+         setup=lambda c: own_folder(c, {"a": 3, "b": 0}, val={"a": 1, "b": 1})),
+    Case("transfer-own-folder-class-in-train-not-val", "fetch_transfer", None,
+         ("{tmp}/mine: class folder(s) c in train/ but not in val/ ('transfer.data.folder')",
+          "expected the same class folders in train/ and val/"),
+         setup=lambda c: own_folder(c, {"a": 2, "b": 2, "c": 2}, val={"a": 1, "b": 1})),
+    Case("transfer-own-folder-class-in-val-not-train", "fetch_transfer", None,
+         ("{tmp}/mine: class folder(s) c in val/ but not in train/ ('transfer.data.folder')",),
+         setup=lambda c: own_folder(c, {"a": 2, "b": 2}, val={"a": 1, "b": 1, "c": 1})),
+    Case("transfer-own-folder-too-few-to-split", "fetch_transfer", None,
+         ("{tmp}/mine/b: 2 picture(s) give 0 to val/ and 2 to train/ ('transfer.data.folder_val_fraction' 0.2)",
+          "expected at least one in each"),
+         setup=lambda c: own_folder(c, {"a": 10, "b": 2})),
+    Case("transfer-own-folder-corrupt-png", "fetch_transfer", None,
+         ("{file}: not a readable image", "('transfer.data.folder')"),
+         setup=lambda c: own_folder(c, {"a": 5, "b": 5}, broken="b")),
     Case("gan-folder-empty-class", "prepare_gan", None,
          ("{tmp}/celeba: the folder of GAN images ('dcgan.data.folder') holds no pictures",),
          setup=lambda c: gan_folder(c, good=0)),
@@ -486,6 +524,25 @@ def houses_folder(ctx: Ctx, with_test: bool, tamper: bool = False) -> dict:
     if with_test:
         shutil.copy(ctx.repo / "data/raw/houses/test.csv", folder / "test.csv")
     return {"houses.data.source": "folder", "houses.data.folder": str(folder)}
+
+
+def own_folder(ctx: Ctx, train: dict[str, int], val: dict[str, int] | None = None, broken: str = "") -> dict:
+    """``transfer.data.name: folder`` with a folder outside the workspace, of the finished run's face PNGs:
+    {tmp}/mine/<class>/*.png, or {tmp}/mine/{train,val}/<class>/*.png when ``val`` is given; the first
+    picture of class ``broken`` cut in half."""
+    faces = sorted((ctx.repo / "data/raw/transfer/train/face").glob("*.png"))
+    root = ctx.tmp / "mine"
+    for folder, counts in ([(root, train)] if val is None else [(root / "train", train), (root / "val", val)]):
+        for cls, count in counts.items():
+            (folder / cls).mkdir(parents=True)
+            for path in faces[:count]:
+                shutil.copy(path, folder / cls / path.name)
+    found = {"transfer.data.name": "folder", "transfer.data.folder": str(root)}
+    if broken:
+        victim = sorted((root / broken).glob("*.png"))[0]
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+        found["file"] = str(victim)
+    return found
 
 
 def one_class_left(ctx: Ctx, removed: str) -> None:

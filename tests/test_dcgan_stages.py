@@ -22,11 +22,13 @@ from dlpipe import tensor_io
 from dlpipe.data import gan_images
 from dlpipe.errors import PipelineError
 from dlpipe.models.dcgan import Discriminator, Generator
+from dlpipe.report import page
 from dlpipe.stages import (evaluate_dcgan, fetch_classifier, prepare_classifier, prepare_gan, train_dcgan,
                            train_fid_lenet)
 from dlpipe.stages._dcgan import build_networks
 from dlpipe.training import checkpoint
 
+REPO = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def cwd(path: Path):
@@ -170,6 +172,9 @@ def test_tiny_run_writes_the_output_contract(gan_run):
     record = json.loads((root / "reports/fid/dcgan.json").read_text())
     assert record["metrics"] == metrics and "disjoint" in record["floor_sample"]
     assert sum(record["class_shares"].values()) == pytest.approx(1.0)
+    assert "class_metrics" not in metrics  # digits: the class metrics are there, no note
+    with open(root / "reports/plots/dcgan/class_histogram.csv", newline="") as fh:
+        assert [row["class"] for row in csv.DictReader(fh)] == [str(d) for d in range(10)]
 
 
 def test_fid_of_the_untrained_generator_is_the_ceiling(gan_run, tmp_path, monkeypatch):
@@ -240,6 +245,33 @@ def test_folder_source_through_the_stages(classifier_run, tmp_path, monkeypatch)
     evaluate_dcgan.main(params)
     metrics = json.loads(Path("reports/metrics/dcgan.json").read_text())
     assert metrics["fid_samples"] == 6 and metrics["fid_real_pool"] == 12
+    assert 0 < metrics["fid_floor"] and metrics["fid"] > 0 and metrics["fid_ceiling"] > 0  # the FID stays
+
+    # The pictures are not digits: no class metrics, a note in their place that keeps the FID.
+    assert not {"class_samples", "min_class_share", "max_class_share", "mean_confidence"} & set(metrics)
+    note = metrics.pop("class_metrics")
+    assert note.startswith("omitted: the pictures are not the classifier's classes (the FID's LeNet was trained "
+                           "on digits)") and "the FID is kept" in note and "feature space" in note
+    assert all(isinstance(v, (int, float)) for v in metrics.values())  # the rest: flat numbers
+    record = json.loads(Path("reports/fid/dcgan.json").read_text())
+    assert "class_shares" not in record and record["class_sample"] == note
+    assert record["metrics"]["class_metrics"] == note
+    # The declared plot file exists (DVC needs every out) and holds the header alone.
+    assert Path("reports/plots/dcgan/class_histogram.csv").read_text() == "class,share\n"
+
+    # The report says so in words instead of drawing the classes.
+    shutil.copy(REPO / "dvc.yaml", "dvc.yaml")
+    context = page.context(params.raw, Path("."))
+    section = next(s for s in context["sections"] if s.name == "dcgan")
+    notes = [b["text"] for b in section.blocks if b["kind"] == "note"]
+    assert notes == ["No class metrics (classes of generated samples, smallest class share, mean classifier "
+                     f"confidence): {note.removeprefix('omitted: ')}."]
+    assert not any(b.get("title") == "Classes of generated samples" for b in section.blocks)
+    shown = {(row["file"], row["key"]) for row in context["summary"]}
+    assert ("reports/metrics/dcgan.json", "fid") in shown
+    assert not {key for _, key in shown} & {"min_class_share", "mean_confidence"}
+    html = page.render(context)
+    assert "No class metrics (classes of generated samples" in html and "FID with its floor and ceiling" in html
 
 
 def test_missing_folder_fails_before_any_output(classifier_run, tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ from dlpipe.training.loop import predict
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.workflow_graph import load_stages
 from test_classifier_data import make_params
+from test_transfer_data import image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -289,6 +290,26 @@ def test_the_best_not_the_last_weights_are_kept(run_copy):
     assert (outputs.argmax(1) == targets).float().mean().item() == pytest.approx(max(accuracies), abs=1e-6)
     last = load("checkpoints/transfer_head/last.pt")["model"]
     assert not torch.equal(last["fc.weight"], best.state_dict()["fc.weight"])
+
+
+def test_tiny_run_on_your_own_folder(run_copy):
+    """transfer.data.name: folder, one folder of three classes split here: every stage after the
+    backbone's pretraining reruns on it, and the network gets a 3-class head."""
+    image_folder(Path("my_pictures"), {"blue": 8, "green": 8, "red": 8})
+    params = run_copy({"transfer.data.name": "folder", "transfer.data.folder": "my_pictures",
+                       "transfer.data.folder_val_fraction": 0.25})
+    for stage in STAGES[2:]:
+        if stage is not pretrain_transfer_backbone:  # reads the classifier data only: kept from the tiny run
+            stage.main(params)
+    source = json.loads(Path("data/raw/transfer/source.json").read_text())
+    assert (source["name"], source["folder"], source["class_names"]) == ("folder", "my_pictures",
+                                                                         ["blue", "green", "red"])
+    for name in ("head", "finetune"):
+        torchvision.models.resnet18(num_classes=3).load_state_dict(load(f"models/transfer_{name}.pt"))
+    metrics = json.loads(Path("reports/metrics/transfer.json").read_text())
+    assert metrics["val_images"] == 6 and 0 <= metrics["finetune_val_accuracy"] <= 1
+    assert metrics["finetune_misclassified"] == round((1 - metrics["finetune_val_accuracy"]) * 6)
+    assert Path("reports/plots/transfer/misclassified.png").read_bytes()[:8] == PNG
 
 
 def test_evaluate_without_weights_names_the_file(run_copy):

@@ -1,7 +1,9 @@
 """The transfer data slot: the LFW faces written as an ImageFolder of PNGs, the
 hymenoptera zip fetched from a local HTTP server on 127.0.0.1 serving a tiny
-zip in the real layout (built here), safe extraction, decoding into uint8
-tensors, and the transfer-learning tutorial's transforms on whole batches."""
+zip in the real layout (built here), safe extraction, the user's own folder
+(train/ and val/ as given, or class folders split here) and its checks,
+decoding into uint8 tensors, and the transfer-learning tutorial's transforms
+on whole batches."""
 
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ TINY_SIZES = {"ants": [(40, 30), (26, 50), (33, 33)], "bees": [(50, 20), (30, 41
 
 def faces_cfg(**overrides) -> TransferData:
     values = {"name": "faces", "faces_val_fraction": 0.25, "split_seed": 42,
-              "hymenoptera_url": "https://example.invalid/hymenoptera_data.zip", "hymenoptera_md5": ""}
+              "hymenoptera_url": "https://example.invalid/hymenoptera_data.zip", "hymenoptera_md5": "",
+              "folder": "", "folder_val_fraction": 0.2}
     return TransferData(**{**values, **overrides})
 
 
@@ -223,6 +226,146 @@ def test_unsafe_or_foreign_archive_is_refused(zip_server, previous_output, archi
     assert_untouched(previous_output)  # also: nothing landed beside data/raw/transfer
     assert not Path("/tmp/dlpipe-absolute-zip-member.txt").exists()
     assert not (RAW_DIR.parent.parent / "escaped.txt").exists()
+
+
+# --------------------------------------------------------------------------- the user's own folder
+
+
+def png(path: Path, seed: int, size: tuple[int, int] = (20, 16)) -> None:
+    """A small colour PNG (w x h) with seeded pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+def image_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """<class>/<class>_NN.png pictures under ``root``, ``counts[class]`` of each."""
+    for index, (cls, count) in enumerate(counts.items()):
+        for i in range(count):
+            png(root / cls / f"{cls}_{i:02d}.png", seed + 100 * index + i)
+    return root
+
+
+def split_image_folder(root: Path, train: dict[str, int], val: dict[str, int]) -> Path:
+    image_folder(root / "train", train)
+    image_folder(root / "val", val, seed=50)
+    return root
+
+
+def folder_cfg(folder, **overrides) -> TransferData:
+    return faces_cfg(name="folder", folder=str(folder), **overrides)
+
+
+def test_folder_with_train_and_val_is_copied_as_it_is(in_tmp):
+    root = split_image_folder(in_tmp / "mine", {"cats": 3, "dogs": 2}, {"cats": 1, "dogs": 2})
+    png(root / "train" / "dogs" / "more" / "deep.png", 7)  # ImageFolder reads class folders recursively
+    (root / "train" / "cats" / "notes.txt").write_text("not a picture")
+    (root / "train" / ".hidden").mkdir()  # hidden folders are no classes (as prepare_transfer reads them)
+    fetch(folder_cfg("mine"), RAW_DIR)
+    copied = sorted(p.relative_to(RAW_DIR).as_posix() for p in RAW_DIR.rglob("*") if p.is_file())
+    assert copied == ["source.json", "train/cats/cats_00.png", "train/cats/cats_01.png", "train/cats/cats_02.png",
+                      "train/dogs/dogs_00.png", "train/dogs/dogs_01.png", "train/dogs/more/deep.png",
+                      "val/cats/cats_00.png", "val/dogs/dogs_00.png", "val/dogs/dogs_01.png"]
+    for rel in copied[1:]:
+        assert (RAW_DIR / rel).read_bytes() == (root / rel).read_bytes(), rel
+    source = json.loads((RAW_DIR / "source.json").read_text())
+    assert source == {"name": "folder", "folder": "mine", "class_names": ["cats", "dogs"],
+                      "layout": "train/ and val/ as given", "sizes": {"train": 6, "val": 3},
+                      "class_counts": {"train": [3, 3], "val": [1, 2]}}
+
+
+def test_one_folder_of_classes_is_split_stratified_and_deterministically(in_tmp):
+    image_folder(in_tmp / "mine", {"a": 10, "b": 5, "c": 4})
+    cfg = folder_cfg(in_tmp / "mine", folder_val_fraction=0.2)
+    fetch(cfg, RAW_DIR)
+    first = snapshot(RAW_DIR)
+    val = {cls: sorted(p.name for p in (RAW_DIR / "val" / cls).iterdir()) for cls in ("a", "b", "c")}
+    train = {cls: sorted(p.name for p in (RAW_DIR / "train" / cls).iterdir()) for cls in ("a", "b", "c")}
+    assert {cls: len(v) for cls, v in val.items()} == {"a": 2, "b": 1, "c": 1}  # round(0.2 x count) per class
+    assert {cls: len(v) for cls, v in train.items()} == {"a": 8, "b": 4, "c": 3}
+    for cls in val:
+        assert not set(val[cls]) & set(train[cls])
+        assert sorted(val[cls] + train[cls]) == sorted(p.name for p in (in_tmp / "mine" / cls).iterdir())
+    source = json.loads((RAW_DIR / "source.json").read_text())
+    assert source["folder"] == str(in_tmp / "mine") and source["class_names"] == ["a", "b", "c"]
+    assert (source["layout"], source["val_fraction"], source["split_seed"]) == ("class folders, split here", 0.2, 42)
+    assert source["class_counts"] == {"train": [8, 4, 3], "val": [2, 1, 1]}
+    fetch(cfg, RAW_DIR)
+    assert snapshot(RAW_DIR) == first  # same bytes again
+    fetch(folder_cfg(in_tmp / "mine", folder_val_fraction=0.2, split_seed=7), RAW_DIR)
+    assert snapshot(RAW_DIR) != first
+
+
+def test_folder_through_prepare(in_tmp):
+    image_folder(in_tmp / "mine", {"blue": 4, "green": 4, "red": 4})
+    params = make_params(in_tmp, {"transfer.data.name": "folder", "transfer.data.folder": "mine",
+                                  "transfer.data.folder_val_fraction": 0.25})
+    fetch_transfer.main(params)
+    prepare_transfer.main(params)
+    meta = load_meta()
+    assert meta["dataset"] == "folder" and meta["class_names"] == ["blue", "green", "red"]
+    assert meta["sizes"] == {"train": 9, "val": 3} and meta["class_counts"]["val"] == [1, 1, 1]
+    val = load_split("val")
+    assert val["images"].shape == (3, 3, 16, 20) and val["labels"].tolist() == [0, 1, 2]
+    with Image.open(RAW_DIR / "val" / meta["files"]["val"][0]) as image:
+        assert torch.equal(val["images"][0], torch.from_numpy(np.array(image)).permute(2, 0, 1))
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:40])  # a truncated PNG
+
+
+FOLDER_ERRORS = [  # (id, builds the folder under root -> the cfg's folder, the error)
+    ("empty-key", lambda root: "", r"'transfer.data.folder' is empty but 'transfer.data.name' is 'folder'"),
+    ("missing", lambda root: root / "nowhere",
+     r"{root}/nowhere: the transfer images folder \('transfer.data.folder'\) does not exist"),
+    ("not-a-folder", lambda root: (png(root / "one.png", 0), root / "one.png")[1],
+     r"{root}/one.png: the transfer images folder \('transfer.data.folder'\) is not a folder"),
+    ("no-pictures", lambda root: (root / "mine").mkdir() or root / "mine",
+     r"{root}/mine: no class folders \('transfer.data.folder'\); expected one sub-folder per class"),
+    ("pictures-but-no-classes", lambda root: (png(root / "mine" / "a.png", 0), root / "mine")[1],
+     r"{root}/mine: 1 pictures directly in it but no class folders"),
+    ("classes-without-pictures", lambda root: ((root / "mine" / "a").mkdir(parents=True),
+                                               (root / "mine" / "b").mkdir(), root / "mine")[2],
+     r"{root}/mine: no pictures in any of its class folders \(a, b\)"),
+    ("one-class", lambda root: image_folder(root / "mine", {"only": 4}),
+     r"{root}/mine: only one class folder \(only/\) \('transfer.data.folder'\); expected at least two"),
+    ("empty-class", lambda root: (image_folder(root / "mine", {"a": 4, "b": 4}),
+                                  (root / "mine" / "c").mkdir(), root / "mine")[2],
+     r"{root}/mine/c: class folder holds no pictures .* expected at least one picture in every class folder"),
+    ("class-too-small-to-split", lambda root: image_folder(root / "mine", {"a": 10, "b": 2}),
+     r"{root}/mine/b: 2 picture\(s\) give 0 to val/ and 2 to train/ "
+     r"\('transfer.data.folder_val_fraction' 0.2\); expected at least one in each"),
+    ("corrupt-picture", lambda root: (image_folder(root / "mine", {"a": 4, "b": 4}),
+                                      corrupt(root / "mine" / "b" / "b_02.png"), root / "mine")[2],
+     r"{root}/mine/b/b_02.png: not a readable image \(\w+Error: .*\) \('transfer.data.folder'\)"),
+    ("train-without-val", lambda root: image_folder(root / "mine" / "train", {"a": 2, "b": 2}).parent,
+     r"{root}/mine: has train/ but no val/ \('transfer.data.folder'\); expected both"),
+    ("class-in-train-not-val", lambda root: split_image_folder(root / "mine", {"a": 2, "b": 2, "c": 2},
+                                                                {"a": 1, "b": 1}),
+     r"{root}/mine: class folder\(s\) c in train/ but not in val/ \('transfer.data.folder'\); "
+     r"expected the same class folders in train/ and val/"),
+    ("class-in-val-not-train", lambda root: split_image_folder(root / "mine", {"a": 2, "b": 2},
+                                                                {"a": 1, "b": 1, "z": 1}),
+     r"{root}/mine: class folder\(s\) z in val/ but not in train/"),
+    ("split-one-class", lambda root: split_image_folder(root / "mine", {"a": 2}, {"a": 1}),
+     r"{root}/mine/train: only one class folder \(a/\)"),
+    ("split-empty-val-class", lambda root: (split_image_folder(root / "mine", {"a": 2, "b": 2}, {"a": 1}),
+                                            (root / "mine" / "val" / "b").mkdir(), root / "mine")[2],
+     r"{root}/mine/val/b: class folder holds no pictures"),
+    ("split-corrupt-val-picture", lambda root: (split_image_folder(root / "mine", {"a": 2, "b": 2}, {"a": 1, "b": 1}),
+                                                corrupt(root / "mine" / "val" / "a" / "a_00.png"), root / "mine")[2],
+     r"{root}/mine/val/a/a_00.png: not a readable image"),
+]
+
+
+@pytest.mark.parametrize(("build", "message"), [pytest.param(b, m, id=i) for i, b, m in FOLDER_ERRORS])
+def test_bad_folder_is_refused_and_the_previous_output_kept(previous_output, tmp_path_factory, build, message):
+    root = tmp_path_factory.mktemp("user")
+    folder = build(root)
+    with pytest.raises(PipelineError, match=message.format(root=root)):
+        fetch(folder_cfg(folder), RAW_DIR)
+    assert_untouched(previous_output)
 
 
 # --------------------------------------------------------------------------- batched transforms

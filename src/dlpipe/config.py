@@ -205,11 +205,17 @@ RANGE_PAIR = "[low, high], 0 < low <= high"
 
 @dataclass(frozen=True)
 class TransferData:
-    name: Literal["faces", "hymenoptera"] = key()
+    name: Literal["faces", "hymenoptera", "folder"] = key(
+        "faces | hymenoptera | folder (your own ImageFolder at transfer.data.folder)")
     faces_val_fraction: float = key(minimum=0.05, maximum=0.5)  # faces: share of each class written to val/
-    split_seed: int = key(minimum=0)
+    split_seed: int = key(minimum=0)  # faces, and a folder without train/ and val/: the split's seed
     hymenoptera_url: str = key("an http(s):// or file:// URL of hymenoptera_data.zip", **URL)
     hymenoptera_md5: str = key(f"{MD5}, or empty (not checked)", pattern="^([0-9a-f]{32})?$")
+    folder: str = key("name: folder -> a folder holding train/<class>/* and val/<class>/*, or one "
+                      "folder of <class>/* (split here); relative to the repository root or absolute")
+    folder_val_fraction: float = key(
+        "name: folder without train/ and val/ -> the share of each class written to val/, 0.05 to 0.5",
+        minimum=0.05, maximum=0.5)
 
 
 @dataclass(frozen=True)

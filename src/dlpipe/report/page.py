@@ -228,7 +228,21 @@ def dcgan_fid(model: Model, metrics: dict, root: Path, record_json: str) -> list
             _table(f"How the FID samples were drawn ({record_json})", ["", ""], rows, numeric=False)]
 
 
+CLASS_METRICS_NOTE = "class_metrics"  # evaluate_dcgan's note in place of the class metrics (a folder of pictures)
+
+
+def class_metrics_note(model: Model, root: Path) -> str | None:
+    """The metrics file's word on why the class metrics are absent, if it has one."""
+    note = json.loads((root / model.metrics).read_text()).get(CLASS_METRICS_NOTE)
+    return note if isinstance(note, str) else None
+
+
 def class_shares(model: Model, metrics: dict, root: Path, csv: str) -> list[dict]:
+    note = class_metrics_note(model, root)
+    if note is not None:
+        why = note.removeprefix("omitted: ")
+        return [{"kind": "note", "text": "No class metrics (classes of generated samples, smallest class share, "
+                                         f"mean classifier confidence): {why}."}]
     frame = pd.read_csv(root / csv, dtype={"class": str})
     caption = ("The LeNet's class of each generated sample: a missing bar is a mode the generator dropped; "
                "the dashed line is an even share.")

@@ -17,10 +17,14 @@ and test splits, 538 images). Beside it, on the same N:
 
 Also the LeNet's classes of ``class_samples`` generated images: the smallest
 class share (min_class_share: mode dropping) and the mean top-class
-probability (mean_confidence: recognisable digits).
+probability (mean_confidence: recognisable digits). For a folder of pictures
+(dcgan.data.name: folder) these mean nothing: the pictures are not the
+classifier's classes. They are left out, a ``class_metrics`` note says why, and
+the class histogram is its header alone; the FID is kept (its feature space
+is still the LeNet's).
 
-reports/metrics/dcgan.json holds flat numbers only; how each sample was drawn
-is written out in reports/fid/dcgan.json.
+reports/metrics/dcgan.json holds flat numbers only (and that note); how each
+sample was drawn is written out in reports/fid/dcgan.json.
 """
 
 from __future__ import annotations
@@ -52,6 +56,16 @@ METRICS = Path("reports/metrics/dcgan.json")
 FID_RECORD = Path("reports/fid/dcgan.json")
 CLASS_HISTOGRAM = Path("reports/plots/dcgan/class_histogram.csv")
 BATCH = 500
+NO_CLASS_METRICS = (
+    "omitted: the pictures are not the classifier's classes (the FID's LeNet was trained on {dataset}), so "
+    "min_class_share, max_class_share and mean_confidence would mean nothing and the class histogram is left "
+    "empty; the FID is kept: it is measured in that LeNet's feature space, comparable between runs on the same "
+    "pictures, not with the FIDs of other datasets")
+
+
+def has_classes(meta: dict) -> bool:
+    """The generated images can be read as the classifier's classes: not for a folder of pictures."""
+    return meta["dataset"] != "folder"
 
 
 STAGE = Stage(
@@ -126,18 +140,27 @@ def main(params: Params) -> None:
     fid = frechet_distance(features, real_a, fake)
     ceiling = frechet_distance(features, real_a, fake_untrained)
     floor = frechet_distance(features, real_a, real_b)
-    shares, confidence = class_shares(
-        features, to_uint8(generate(trained, noise(cfg.class_samples, nz, params.seed + CLASS_NOISE_OFFSET, device))),
-        len(class_names))
+    classes = has_classes(meta)
+    if classes:
+        shares, confidence = class_shares(
+            features, to_uint8(generate(trained, noise(cfg.class_samples, nz, params.seed + CLASS_NOISE_OFFSET,
+                                                       device))), len(class_names))
+    else:
+        note = NO_CLASS_METRICS.format(dataset=cp.load_meta()["dataset"])
     metrics = {
         "fid": fid, "fid_ceiling": ceiling, "fid_floor": floor,
         "fid_over_ceiling": fid / ceiling if ceiling > 0 else float("inf"),
         "fid_over_floor": fid / floor if floor > 0 else float("inf"),
         "fid_samples": n, "fid_real_pool": pool_size,
-        "class_samples": cfg.class_samples,
-        "min_class_share": shares.min().item(), "max_class_share": shares.max().item(),
-        "mean_confidence": confidence,
     }
+    if classes:
+        metrics.update({
+            "class_samples": cfg.class_samples,
+            "min_class_share": shares.min().item(), "max_class_share": shares.max().item(),
+            "mean_confidence": confidence,
+        })
+    else:
+        metrics["class_metrics"] = note
     if cfg.inception_fid:
         metrics["fid_inception"] = inception_distance(real_a, fake)
         metrics["fid_inception_floor"] = inception_distance(real_a, real_b)
@@ -154,16 +177,24 @@ def main(params: Params) -> None:
         "generated_sample": f"{n} images of {GENERATOR_WEIGHTS} (eval mode) from N(0, 1) noise drawn with seed "
                             f"{params.seed + EVAL_NOISE_OFFSET}",
         "ceiling_sample": f"the untrained generator (its initial weights, seed {params.seed}) on that same noise",
-        "class_sample": f"{cfg.class_samples} generated images from noise drawn with seed "
-                        f"{params.seed + CLASS_NOISE_OFFSET}, classified by the same LeNet",
+        "class_sample": (f"{cfg.class_samples} generated images from noise drawn with seed "
+                         f"{params.seed + CLASS_NOISE_OFFSET}, classified by the same LeNet") if classes else note,
         "why_n": "N = min(dcgan.evaluate.fid_max_samples, pool // 2): the floor needs two disjoint real samples, "
                  "and every distance uses the same N because the estimate's bias falls roughly as 1/N",
-        "class_shares": dict(zip(class_names, shares.tolist())),
+        **({"class_shares": dict(zip(class_names, shares.tolist()))} if classes else {}),
         "metrics": metrics,
     }
-    write_histogram(CLASS_HISTOGRAM, class_names, shares)
+    if classes:
+        write_histogram(CLASS_HISTOGRAM, class_names, shares)
+    else:  # a declared output: it must exist, so the header alone (no class, no share)
+        write_histogram(CLASS_HISTOGRAM, [], torch.zeros(0))
     write_json(FID_RECORD, record)
     write_json(METRICS, metrics)
+    if not classes:
+        log.info("dcgan: fid %.3f (ceiling %.3f, floor %.3f; fid/ceiling %.4f, fid/floor %.2f; N %d of a pool of "
+                 "%d); class metrics %s", fid, ceiling, floor, metrics["fid_over_ceiling"], metrics["fid_over_floor"],
+                 n, pool_size, note.split(" (")[0])
+        return
     log.info("dcgan: fid %.3f (ceiling %.3f, floor %.3f; fid/ceiling %.4f, fid/floor %.2f; N %d of a pool of %d), "
              "min_class_share %.3f, mean_confidence %.3f", fid, ceiling, floor, metrics["fid_over_ceiling"],
              metrics["fid_over_floor"], n, pool_size, metrics["min_class_share"], confidence)

@@ -1,6 +1,7 @@
-"""Stage fetch_transfer: the LFW faces (embedded, written as PNGs) or the
-hymenoptera zip (downloaded, md5-checked, safely extracted) as an ImageFolder
-with train/ and val/ in data/raw/transfer/."""
+"""Stage fetch_transfer: the LFW faces (embedded, written as PNGs), the
+hymenoptera zip (downloaded, md5-checked, safely extracted) or your own folder
+(checked, copied, split when it has no train/ and val/) as an ImageFolder with
+train/ and val/ in data/raw/transfer/."""
 
 from __future__ import annotations
 
