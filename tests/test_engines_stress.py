@@ -358,6 +358,7 @@ def stop_queue(repo: Path, env: dict) -> None:
     sh(["dvc", "queue", "stop", "--kill"], repo, env, timeout=60, check=False)
 
 
+@pytest.mark.slow  # two queued experiments, each a tiny run: about 100 s (make test-slow)
 def test_dvc_queue_runs_two_variants_and_exp_show_lists_their_metrics(tiny_dvc_run, tmp_path):
     repo, env = clone_run(tiny_dvc_run, tmp_path / "repo")
     commit_all(repo, env, "tiny run")
@@ -477,6 +478,7 @@ def test_push_then_fresh_clone_and_pull_reproduces_without_retraining(pushed, ti
     assert not (repo / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a push, a fresh clone, a pull and three Snakemake runs: about 60 s (make test-slow)
 def test_snakemake_after_pull_reruns_nothing_until_a_param_changes(pushed, tmp_path):
     repo, env, _ = clone_and_pull(pushed, tmp_path / "clone")
     assert not (repo / ".snakemake").exists()  # a fresh clone: no Snakemake records
