@@ -63,8 +63,10 @@ def test_a_new_stage_takes_its_module_and_one_params_line(tiny_dvc_run, tmp_path
     (repo / "params.yaml").write_text("\n".join(lines) + "\n")
     sh([sys.executable, "-m", "dlpipe.declare"], repo, env)
 
+    # By hand: the module and params.yaml. Generated: dvc.yaml and README.md's stage graph.
     changed = sorted(line[3:] for line in sh(["git", "status", "--porcelain"], repo, env).splitlines())
-    assert changed == ["dvc.yaml", "params.yaml", "src/dlpipe/stages/evaluate_houses_val.py"], changed
+    assert changed == ["README.md", "dvc.yaml", "params.yaml", "src/dlpipe/stages/evaluate_houses_val.py"], changed
+    assert "train_houses --> evaluate_houses & evaluate_houses_val" in (repo / "README.md").read_text()
     stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["evaluate_houses_val"]
     assert stage["cmd"] == "python -m dlpipe evaluate_houses_val"
     assert stage["params"] == ["threads.evaluate_houses_val", "device", "houses.model"]
