@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from chromium import ensure_chromium
 from dlpipe import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,3 +234,12 @@ def same_tree(a, b) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b))
     return a == b
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The path of a headless chromium (tests/chromium.py), or the test is skipped saying why."""
+    path, why = ensure_chromium()
+    if not path:
+        pytest.skip(why)
+    return path

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from chromium import Browser, ensure_chromium
+from chromium import Browser
 from conftest import clone_run, run
 from dlpipe import plots_template
 
@@ -41,14 +41,6 @@ CHARTS_JS = """Promise.all(window.dvcPlots || []).then(results => results.map(r 
           drawn: drawn ? drawn.tagName.toLowerCase() : null, width: box.width, height: box.height,
           note: div && div.querySelector(".dvc-plot-error") ? div.querySelector(".dvc-plot-error").textContent : null};
 }))"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path, why = ensure_chromium()
-    if not path:
-        pytest.skip(why)
-    return path
 
 
 def dvc(args: list[str], repo: Path, env: dict) -> subprocess.CompletedProcess:

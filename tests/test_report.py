@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chromium import Browser, ensure_chromium
+from chromium import Browser
 from conftest import clone_run
 from dlpipe.report import compare, page
 from dlpipe.report.registry import MODELS
@@ -267,14 +267,6 @@ def test_dvc_plots_show_and_diff_render_every_declared_plot(two_commits):
 
 
 # --------------------------------------------------------------------------- in a real browser
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path, why = ensure_chromium()
-    if not path:
-        pytest.skip(why)
-    return path
 
 
 def test_report_in_headless_chromium(two_commits, chromium):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 
 import yaml
-from conftest import clone_run
+from conftest import clone_run, run
 
 # The houses chain below evaluate_houses: seed reaches lr_find_houses and train_houses.
 TARGET = "evaluate_houses"
@@ -15,25 +15,19 @@ SEEDED = ("reports/lr_find/houses.json", "models/houses.pt", "reports/plots/hous
           "reports/metrics/houses.json", "reports/submission.csv", "reports/plots/houses/val_predictions.csv")
 
 
-def sh(cmd: list[str], repo, env) -> str:
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{(proc.stdout + proc.stderr)[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
 def test_snakemake_config_and_dvc_set_param_make_the_same_bytes(tiny_dvc_run, tmp_path):
     seed42 = {rel: (tiny_dvc_run.repo / rel).read_bytes() for rel in SEEDED}
 
     snake, env = clone_run(tiny_dvc_run, tmp_path / "snake")
     params_before = (snake / "params.yaml").read_bytes()
-    sh(["snakemake", TARGET, "--cores", "2", "--forceall", "--config", "seed=7"], snake, env)
+    run(["snakemake", TARGET, "--cores", "2", "--forceall", "--config", "seed=7"], snake, env)
     assert (snake / "params.yaml").read_bytes() == params_before  # the override lives in Snakemake's config
     log = (snake / "logs/train_houses.log").read_text()
     written = list((snake / ".snakemake/dlpipe").glob("params-*.yaml"))
     assert len(written) == 1 and yaml.safe_load(written[0].read_text())["seed"] == 7, written
 
     dvc, env = clone_run(tiny_dvc_run, tmp_path / "dvc")
-    sh(["dvc", "exp", "run", "-S", "seed=7", TARGET], dvc, env)
+    run(["dvc", "exp", "run", "-S", "seed=7", TARGET], dvc, env)
     assert yaml.safe_load((dvc / "params.yaml").read_text())["seed"] == 7
 
     for rel in SEEDED:
@@ -52,6 +46,7 @@ def test_snakemake_refuses_a_config_override_the_schema_refuses(tiny_dvc_run, tm
 
 def test_without_overrides_the_jobs_read_params_yaml(tiny_dvc_run, tmp_path):
     snake, env = clone_run(tiny_dvc_run, tmp_path / "snake")
-    plan = sh(["snakemake", TARGET, "--cores", "1", "-n", "--forceall", "--printshellcmds"], snake, env)
+    proc = run(["snakemake", TARGET, "--cores", "1", "-n", "--forceall", "--printshellcmds"], snake, env)
+    plan = proc.stdout + proc.stderr
     assert "python -m dlpipe train_houses" in plan and "--params" not in plan, plan[-2000:]
     assert not (snake / ".snakemake/dlpipe").exists()

@@ -229,7 +229,7 @@ def stage_graph() -> str:
     """The stage graph as a Mermaid flowchart: one subgraph per model (the params section
     its stages read) holding the edges between its own stages, then the edges between
     models and into the report, by consumer."""
-    from dlpipe.workflow_graph import MODEL_SECTIONS
+    from dlpipe.workflow_graph import MODEL_SECTIONS, model_section
 
     specs = declarations()
     made = {_entry_path(item): name for name, spec in specs.items()
@@ -237,8 +237,7 @@ def stage_graph() -> str:
     group: dict[str, str] = {}
     edges: dict[str, list[str]] = {}
     for name, spec in specs.items():
-        sections = [key.split(".")[0] for key in spec.params if key.split(".")[0] in MODEL_SECTIONS]
-        group[name] = sections[0] if sections else ""
+        group[name] = model_section(spec.params)
         for dep in spec.deps:
             producer = made.get(_path(dep))
             if producer and name not in edges.setdefault(producer, []):

@@ -171,11 +171,15 @@ def rule_inputs(stage: Stage, produced: dict[str, str], root: str | Path = ".") 
 MODEL_SECTIONS = ("houses", "lenet", "transfer", "dcgan")
 
 
+def model_section(params_keys) -> str:
+    """The model whose params section a stage's keys name (each stage reads at most one), or ""."""
+    sections = [key.split(".")[0] for key in params_keys if key.split(".")[0] in MODEL_SECTIONS]
+    return sections[0] if sections else ""
+
+
 def report_category(stage: Stage) -> str:
-    """The section of Snakemake's report a stage's results go to: the model whose params
-    section it reads (each stage reads at most one), else the stage's own name."""
-    sections = [key.split(".")[0] for key in stage.params if key.split(".")[0] in MODEL_SECTIONS]
-    return sections[0] if sections else stage.name
+    """The section of Snakemake's report a stage's results go to: its model, else its own name."""
+    return model_section(stage.params) or stage.name
 
 
 def in_report(path: str) -> bool:
