@@ -31,12 +31,12 @@ from benchmarks.timing import cpu_model
 
 # Every key that seeds a random draw: training, and the splits of the three datasets that are split here.
 SEED_KEYS = ("seed", "houses.prepare.split_seed", "lenet.prepare.split_seed", "transfer.data.split_seed")
-# {metrics file: headline keys}; lower is better for houses and the FID, higher for accuracies.
+# {metrics or details file: headline keys}; lower is better for houses and the FID, higher for accuracies.
 HEADLINES = {
     "reports/metrics/houses.json": ("val_rmsle",),
     "reports/metrics/lenet.json": ("test_accuracy",),
     "reports/metrics/transfer.json": ("head_val_accuracy", "finetune_val_accuracy"),
-    "reports/metrics/dcgan.json": ("fid", "fid_ceiling", "fid_over_ceiling", "fid_over_floor"),
+    "reports/details/dcgan.json": ("fid", "fid_ceiling", "fid_over_ceiling", "fid_over_floor"),  # every number
 }
 
 

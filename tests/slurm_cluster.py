@@ -27,7 +27,6 @@ real cluster: the executor plugin polls job states with ``sacct``.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import shutil

@@ -37,16 +37,17 @@ import pytest
 import torch
 import yaml
 
-from conftest import LocalServer, QuietHandler, clone_run, set_key
+from conftest import LocalServer, QuietHandler, clone_run, output_roots, set_key
 from dlpipe.__main__ import main as dlpipe_main
 from dlpipe.io import sha256_file
 from dlpipe.models.lenet import LeNet
 from dlpipe.models.mlp import HouseMLP
 from dlpipe.models.resnet import ResNet18
+from dlpipe.training import live
 from test_classifier_data import build_archive, md5
 from test_transfer_data import build_zip
 
-WATCHED = ("data", "models", "reports", "checkpoints")
+WATCHED = output_roots()
 BAD_PARAMS = "bad_params.yaml"  # beside params.yaml, where the loader looks for workflow/schemas/
 ZIP = "hymenoptera_data.zip"
 TAR = "cifar-10-python.tar.gz"
@@ -674,8 +675,8 @@ def test_nan_loss_after_a_checkpoint_keeps_it_and_the_best_weights(ws, tmp_path,
     ctx = Ctx(ws.repo, tmp_path, None)
     # Another run (more epochs, capped batches): training starts afresh, not from the finished checkpoint.
     case = Case("nan", "train_houses", {"houses.train.epochs": 4, "houses.train.max_batches": steps}, ())
-    kept = {rel: (ws.repo / rel).read_bytes() for rel in ("checkpoints/houses/last.pt",
-                                                           "reports/plots/houses/history.csv")}
+    logged = sorted(p.relative_to(ws.repo).as_posix() for p in (ws.repo / "dvclive/train_houses").rglob("*.*"))
+    kept = {rel: (ws.repo / rel).read_bytes() for rel in ("checkpoints/houses/last.pt", *logged)}
     try:
         write_params(ctx, case, {})
         status, stderr = run_stage(ws, case.stage, BAD_PARAMS, False, capfd)
@@ -689,8 +690,8 @@ def test_nan_loss_after_a_checkpoint_keeps_it_and_the_best_weights(ws, tmp_path,
         assert state["epoch"] == 1 and state["best_epoch"] == 1 and len(state["history"]) == 1
         assert all(torch.isfinite(t).all() for t in state["model"].values())
         assert all(torch.isfinite(t).all() for t in state["best_state"].values())
-        history = (ws.repo / "reports/plots/houses/history.csv").read_text().splitlines()
-        assert len(history) == 2 and history[1].startswith("1,")  # header and epoch 1
+        # DVCLive's folder holds what the checkpoint holds: this run's epoch 1
+        assert [row["epoch"] for row in live.read_history(ws.repo / "dvclive/train_houses")] == [1]
     finally:
         for rel, data in kept.items():
             (ws.repo / rel).write_bytes(data)

@@ -26,6 +26,7 @@ from dlpipe.report import page
 from dlpipe.stages import (evaluate_dcgan, fetch_classifier, prepare_classifier, prepare_gan, train_dcgan,
                            train_fid_lenet)
 from dlpipe.stages._dcgan import build_networks
+from dlpipe.training import live
 from dlpipe.training import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,16 +154,14 @@ def test_tiny_run_writes_the_output_contract(gan_run):
     assert final.size == (4 * 34 + 2, 4 * 34 + 2)  # 16 images of 32 px, 4 a row, 2 px gaps
     final_bytes = (root / "reports/plots/dcgan/final_grid.png").read_bytes()
     assert final_bytes == (root / "reports/dcgan/epoch_002.png").read_bytes()
-    with open(root / "reports/plots/dcgan/steps.csv", newline="") as fh:
-        steps = list(csv.DictReader(fh))
-    assert [int(r["step"]) for r in steps] == list(range(1, 7))
+    steps = live.read_history(root / "dvclive/train_dcgan", "step")
+    assert [r["step"] for r in steps] == list(range(1, 7))
+    assert [r["epoch"] for r in steps] == [1, 1, 1, 2, 2, 2]
     assert {"loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2", "epoch"} <= set(steps[0])
-    with open(root / "reports/plots/dcgan/history.csv", newline="") as fh:
-        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
 
-    train = json.loads((root / "reports/metrics/dcgan_train.json").read_text())
+    train = json.loads((root / "reports/details/dcgan_train.json").read_text())
     assert train["steps"] == 6 and train["nan_steps"] == 0 and "d_collapse_steps" in train
-    metrics = json.loads((root / "reports/metrics/dcgan.json").read_text())
+    metrics = json.loads((root / "reports/details/dcgan.json").read_text())  # every number
     assert all(isinstance(v, (int, float)) for v in metrics.values())  # flat numbers
     assert metrics["fid_samples"] == 100 and metrics["fid_real_pool"] == meta["sizes"]["real_eval"]
     assert 0 < metrics["fid_floor"] < metrics["fid_ceiling"] and metrics["fid"] > 0
@@ -184,7 +183,7 @@ def test_fid_of_the_untrained_generator_is_the_ceiling(gan_run, tmp_path, monkey
     untrained, _ = build_networks(params, 1, torch.device("cpu"))
     tensor_io.save_weights("models/dcgan_generator.pt", untrained.state_dict())
     evaluate_dcgan.main(params)
-    metrics = json.loads(Path("reports/metrics/dcgan.json").read_text())
+    metrics = json.loads(Path("reports/details/dcgan.json").read_text())
     assert metrics["fid"] == metrics["fid_ceiling"]
 
 
@@ -219,7 +218,8 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(classifier_run, tmp_
     for rel in ("models/dcgan_generator.pt", "models/dcgan_discriminator.pt"):
         a, b = (torch.load(root / rel, weights_only=True) for root in (whole, killed))
         assert same(a, b), rel
-    for rel in ("reports/plots/dcgan/steps.csv", "reports/plots/dcgan/history.csv", "reports/metrics/dcgan_train.json",
+    for rel in ("dvclive/train_dcgan/metrics.json", "dvclive/train_dcgan/plots/metrics/loss_d.tsv",
+                "dvclive/train_dcgan/plots/metrics/epoch.tsv", "reports/details/dcgan_train.json",
                 "reports/dcgan/epoch_001.png", "reports/dcgan/epoch_002.png", "reports/plots/dcgan/final_grid.png"):
         assert (whole / rel).read_bytes() == (killed / rel).read_bytes(), rel
     assert sorted(p.name for p in (killed / "reports/dcgan").iterdir()) == ["epoch_001.png", "epoch_002.png"]
@@ -243,7 +243,7 @@ def test_folder_source_through_the_stages(classifier_run, tmp_path, monkeypatch)
     assert not Path("data/prepared/gan/real_eval.pt").exists()
     train_dcgan.main(params)
     evaluate_dcgan.main(params)
-    metrics = json.loads(Path("reports/metrics/dcgan.json").read_text())
+    metrics = json.loads(Path("reports/details/dcgan.json").read_text())
     assert metrics["fid_samples"] == 6 and metrics["fid_real_pool"] == 12
     assert 0 < metrics["fid_floor"] and metrics["fid"] > 0 and metrics["fid_ceiling"] > 0  # the FID stays
 

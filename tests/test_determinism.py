@@ -104,7 +104,7 @@ def test_the_thread_count_is_part_of_a_checkpoints_identity():
 def test_a_lenet_experiment_leaves_the_dcgan_metrics_byte_identical(tiny_dvc_run, tmp_path):
     """lenet.* retrains LeNet and nothing of the DCGAN: its FID network is train_fid_lenet's."""
     repo, env = clone_run(tiny_dvc_run, tmp_path / "repo")
-    watched = ("reports/metrics/dcgan.json", "reports/fid/dcgan.json", "models/fid_lenet.pt")
+    watched = ("reports/metrics/dcgan.json", "reports/details/dcgan.json", "reports/fid/dcgan.json", "models/fid_lenet.pt")
     before = {rel: (repo / rel).read_bytes() for rel in (*watched, "models/lenet.pt")}
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     write_params(repo / "params.yaml", {"lenet.train.epochs": raw["lenet"]["train"]["epochs"] + 1})

@@ -26,15 +26,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import same_tree  # noqa: E402
+from conftest import output_roots, same_tree  # noqa: E402
 import torch
 import yaml
 
 from dlpipe.models.mlp import HouseMLP
+from dlpipe.training import live
 from dlpipe.workflow_graph import is_directory, load_stages, produced_by
 
 HOUSES = ("fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "evaluate_houses")
-OUTPUT_ROOTS = ("data", "models", "reports", "checkpoints")
+OUTPUT_ROOTS = output_roots()
 ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}  # engine bookkeeping, not pipeline outputs
 METRICS = "reports/metrics/houses.json"
 
@@ -255,7 +256,7 @@ def test_first_dvc_repro_writes_the_houses_output_contract(dvc_run):
     assert record["suggested_lr"] == record["suggestions"][record["rule"]]
     assert (repo / "reports/lr_find/houses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    history = csv_rows(repo / "reports/plots/houses/history.csv")
+    history = live.read_history(repo / "dvclive/train_houses")
     assert len(history) == get_param(repo, "houses.train.epochs")  # patience 0: every epoch runs
     # The weights kept are the best epoch's: the metric equals the best val RMSLE of the curve.
     assert metrics["val_rmsle"] == pytest.approx(min(float(row["val_rmsle"]) for row in history), rel=1e-4)
@@ -308,7 +309,7 @@ def test_new_epoch_count_reruns_only_train_and_submission(dvc_run, tmp_path):
     for path in before:
         assert (after[path] != before[path]) is under(path, rerun), path
     assert not any(under(path, rerun) for path in before if path.startswith(("data/", "reports/lr_find/")))
-    history = csv_rows(repo / "reports/plots/houses/history.csv")
+    history = live.read_history(repo / "dvclive/train_houses")
     assert len(history) == epochs
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert lock["train_houses"]["params"]["params.yaml"]["houses.train"]["epochs"] == epochs
@@ -384,7 +385,8 @@ def test_snakemake_and_dvc_make_the_same_outputs(dvc_run, snakemake_run):
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
     assert json.loads((a / METRICS).read_text()) == json.loads((b / METRICS).read_text())
-    for rel in ("reports/submission.csv", "reports/lr_find/houses.json", "reports/plots/houses/history.csv",
+    for rel in ("reports/submission.csv", "reports/lr_find/houses.json", "dvclive/train_houses/metrics.json",
+                "dvclive/train_houses/plots/metrics/val_rmsle.tsv",
                 "reports/plots/houses/val_predictions.csv", "data/raw/houses/train.csv", "data/raw/houses/test.csv"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert same_tree(load_pt(a / "checkpoints/houses/last.pt"), load_pt(b / "checkpoints/houses/last.pt"))

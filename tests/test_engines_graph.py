@@ -277,3 +277,27 @@ def test_code_deps_follow_the_real_imports():
     for stage in stages.values():
         for dep in stage.deps:
             assert dep.startswith("src/") or dep in made or dep == "params.yaml", (stage.name, dep)
+
+
+def test_git_tracks_exactly_the_outputs_dvc_does_not_cache():
+    """Each output with ``cache: false`` (metrics, DVCLive folders, plot data) is one git
+    would commit; each cached one (data, weights, pictures) is git-ignored, so a `git add -A`
+    after `dvc repro` commits the small text results and never a weight."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    outputs = {}
+    for spec in stages.values():
+        for section in ("outs", "metrics", "plots"):
+            for item in spec.get(section, []):
+                path, options = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+                outputs[path] = options.get("cache", True)
+    assert any(outputs.values()) and not all(outputs.values())
+    # A path inside a folder output stands for the folder's files.
+    probes = {path: path if Path(path).suffix else f"{path}/probe.tsv" for path in outputs}
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, input="\n".join(probes.values()),
+                          capture_output=True, text=True)
+    ignored = set(proc.stdout.splitlines())
+    wrong = {path: "cached but not git-ignored" if cached else "cache: false but git-ignored"
+             for path, cached in outputs.items() if (probes[path] in ignored) != cached}
+    assert wrong == {}
+    assert {path for path, cached in outputs.items() if not cached} >= {
+        "reports/metrics/houses.json", "dvclive/train_houses/metrics.json", "dvclive/train_houses/plots"}

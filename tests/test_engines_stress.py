@@ -7,7 +7,9 @@
    the writes); and the outputs are the bytes of a serial ``dvc repro``.
 2. ``dvc exp run --queue`` twice, ``dvc exp run --run-all``: both variants run
    (only the stages their param reaches) and ``dvc exp show --json`` lists them
-   with the metrics their runs wrote.
+   with the metrics their runs wrote; and while a long queued experiment runs,
+   ``dvc exp show --json`` already lists its training stage's DVCLive step and
+   metric.
 3. After a fresh clone and ``dvc pull`` (contents without modification times,
    no Snakemake records), ``make snakemake-touch`` hands DVC's outputs to
    Snakemake: nothing reruns, and a changed param still reruns its stage and
@@ -36,14 +38,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, clone_run
+from conftest import BIN, clone_run, output_roots
 from dlpipe.io import atomic_path
 from dlpipe.workflow_graph import is_directory, load_stages
 
-OUTPUT_ROOTS = ("data", "models", "reports")  # what DVC caches and pushes (checkpoints/ is neither)
+OUTPUT_ROOTS = output_roots(checkpoints=False)  # what DVC and git track (checkpoints/ is neither)
 ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}
 METRICS = "reports/metrics/houses.json"
-HISTORY = "reports/plots/houses/history.csv"
+VAL_RMSLE_SERIES = "dvclive/train_houses/plots/metrics/val_rmsle.tsv"  # DVCLive: one row per epoch
 
 _DVC_RAN = re.compile(r"^Running stage '([^']+)'", re.M)
 _DVC_SKIPPED = re.compile(r"^Stage '([^']+)' didn't change, skipping", re.M)
@@ -137,8 +139,9 @@ def set_params(repo: Path, values: dict) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def csv_rows(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(text.splitlines()))
+def series_rows(text: str) -> list[dict[str, str]]:
+    """The rows of a DVCLive series (a TSV: step and value)."""
+    return list(csv.DictReader(text.splitlines(), delimiter="\t"))
 
 
 def snakemake_jobs(out: str) -> list[str]:
@@ -335,15 +338,14 @@ def test_snakemake_cores_2_overlaps_jobs_with_private_temp_files_and_serial_outp
 # --------------------------------------------------------------------------- 2. dvc exp queue
 
 
-def dvc_cache_file(repo: Path, md5: str) -> Path:
-    return repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-
-
 def locked_file(repo: Path, rev: str, stage: str, rel: str, env: dict) -> bytes:
-    """A file an experiment's commit recorded (its dvc.lock entry), read from the DVC cache."""
+    """A small text output an experiment's commit holds (git-tracked: cache: false), checked
+    against the md5 its dvc.lock recorded."""
     lock = yaml.safe_load(sh(["git", "show", f"{rev}:dvc.lock"], repo, env)[0])["stages"][stage]
     (entry,) = [e for e in lock["outs"] if e["path"] == rel]
-    return dvc_cache_file(repo, entry["md5"]).read_bytes()
+    data = sh(["git", "show", f"{rev}:{rel}"], repo, env)[0].encode()
+    assert hashlib.md5(data).hexdigest() == entry["md5"], rel
+    return data
 
 
 def stop_queue(repo: Path, env: dict) -> None:
@@ -394,16 +396,16 @@ def test_dvc_queue_runs_two_variants_and_exp_show_lists_their_metrics(tiny_dvc_r
     exps = {rev["name"]: rev for group in baseline["experiments"] for rev in group["revs"]}
     assert set(exps) == set(variants), exps.keys()
 
-    base_history = csv_rows((repo / HISTORY).read_text())
+    base_history = series_rows((repo / VAL_RMSLE_SERIES).read_text())
     values = {}
     for name, epochs in variants.items():
         data = exps[name]["data"]
         assert data["params"]["params.yaml"]["data"]["houses"]["train"]["epochs"] == epochs
         listed = data["metrics"][METRICS]["data"]
-        # The listed metrics are the file the experiment's run wrote (its dvc.lock -> DVC cache).
+        # The listed metrics are the file the experiment's commit holds (git-tracked, md5 as in its dvc.lock).
         written = json.loads(locked_file(repo, exps[name]["rev"], "evaluate_houses", METRICS, env))
         assert listed == written, name
-        history = csv_rows(locked_file(repo, exps[name]["rev"], "train_houses", HISTORY, env).decode())
+        history = series_rows(sh(["git", "show", f"{exps[name]['rev']}:{VAL_RMSLE_SERIES}"], repo, env)[0])
         assert len(history) == epochs
         # Seeded and deterministic: the first epochs are the baseline run's, row for row.
         shared = min(epochs, base_epochs)
@@ -412,6 +414,45 @@ def test_dvc_queue_runs_two_variants_and_exp_show_lists_their_metrics(tiny_dvc_r
         values[name] = listed["val_rmsle"]
     assert len({values["ep_short"], values["ep_long"], base_metrics["val_rmsle"]}) == 3
     print("\n[stress] val_rmsle:", values, "baseline", base_metrics["val_rmsle"])
+
+
+LIVE_SUMMARY = "dvclive/train_houses/metrics.json"
+
+
+def running_summary(shown: list, name: str) -> dict | None:
+    """The DVCLive summary `dvc exp show --json` lists for experiment ``name`` while it runs."""
+    for baseline in shown[1:]:
+        for group in baseline.get("experiments") or []:
+            for rev in group.get("revs", []):
+                running = (rev.get("executor") or {}).get("state") == "running"
+                data = rev.get("data") or {}
+                summary = ((data.get("metrics") or {}).get(LIVE_SUMMARY) or {}).get("data")
+                if rev.get("name") == name and running and summary:
+                    return summary
+    return None
+
+
+@pytest.mark.slow  # a long queued experiment watched while it runs, then killed: about 60 s (make test-slow)
+def test_exp_show_lists_a_queued_experiments_training_step_and_metric_while_it_runs(tiny_dvc_run, tmp_path):
+    repo, env = clone_run(tiny_dvc_run, tmp_path / "repo")
+    commit_all(repo, env, "tiny run")
+    epochs = 5000  # minutes of training: the experiment is still running when it is seen
+    sh(["dvc", "exp", "run", "--queue", "-S", f"houses.train.epochs={epochs}", "-n", "long"], repo, env)
+    seen = None
+    try:
+        sh(["dvc", "queue", "start"], repo, env)
+        deadline = time.monotonic() + 240
+        while seen is None and time.monotonic() < deadline:
+            seen = running_summary(json_in(sh(["dvc", "exp", "show", "--json"], repo, env)[0]), "long")
+            time.sleep(0.5)
+        status, _ = sh(["dvc", "queue", "status"], repo, env)
+    finally:
+        sh(["dvc", "queue", "kill", "long"], repo, env, check=False)
+        stop_queue(repo, env)
+    assert seen is not None, "dvc exp show never listed the running experiment's DVCLive summary"
+    print("\n[stress] live summary while running:", seen)
+    assert 1 <= seen["step"] < epochs and {"train_loss", "val_rmsle", "lr"} <= set(seen)
+    assert re.search(r"\blong\s+.*\bRunning\b", status), status
 
 
 # --------------------------------------------------------------------------- 3 and 4. push, clone, pull
@@ -537,7 +578,7 @@ def test_snakemake_after_pull_reruns_nothing_until_a_param_changes(pushed, tmp_p
         if rel.startswith(("data/", "reports/lr_find/")):
             assert after[rel] == outputs[rel], rel
     assert after["models/houses.pt"] != outputs["models/houses.pt"]
-    assert len(csv_rows((repo / HISTORY).read_text())) == epochs
+    assert len(series_rows((repo / VAL_RMSLE_SERIES).read_text())) == epochs
     assert json.loads((repo / METRICS).read_text())["val_rmsle"] != old_metrics["val_rmsle"]
     changed = {rel for rel in outputs if after[rel] != outputs[rel]}
     assert all(any(rel == o or rel.startswith(o + "/") for o in rerun_outs) for rel in changed), changed

@@ -128,7 +128,6 @@ def test_drop_outliers_trims_train_only_and_keeps_val_whole(frames, cfg):
     big = set(train_all.loc[train_all[hf.LIVING_AREA] > threshold, hf.ID])
     assert big, "the real data has houses over the outlier threshold"
     # A seed whose split puts outliers in both parts, so both claims are tested.
-    position_of = {row_id: i for i, row_id in enumerate(train_all[hf.ID])}
     for seed in range(200):
         train_pos, val_pos = hf.split_indices(len(train_all), cfg.val_fraction, seed)
         in_val = big & set(train_all[hf.ID].iloc[val_pos])

@@ -4,11 +4,11 @@ task, and a tiny real run of the five stages through main(params) on digits."""
 from __future__ import annotations
 
 import ast
-import csv
 import inspect
 import json
 import textwrap
 
+import pandas as pd
 import pytest
 import torch
 
@@ -19,6 +19,7 @@ from dlpipe.errors import PipelineError
 from dlpipe.models.lenet import LeNet
 from dlpipe.stages import evaluate_lenet, fetch_classifier, lr_find_lenet, prepare_classifier, train_lenet
 from dlpipe.stages._lenet import flip_enabled
+from dlpipe.training import live
 from dlpipe.training.tasks import classification
 from test_classifier_data import make_params
 
@@ -173,17 +174,20 @@ def test_tiny_run_writes_the_output_contract(tiny_run):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     LeNet(10).load_state_dict(state, strict=True)
 
-    with open(root / "reports/plots/lenet/history.csv", newline="") as fh:
-        history = list(csv.DictReader(fh))
-    assert [int(row["epoch"]) for row in history] == [1, 2]
+    history = live.read_history(root / "dvclive/train_lenet")
+    assert [row["epoch"] for row in history] == [1, 2]
     assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= set(history[0])
     assert (root / "checkpoints/lenet/last.pt").is_file()
 
-    metrics = json.loads((root / "reports/metrics/lenet.json").read_text())
+    metrics = json.loads((root / "reports/details/lenet.json").read_text())
     assert all(isinstance(v, (int, float)) for v in metrics.values())  # flat numbers
     assert 0 <= metrics["test_accuracy"] <= 1
     assert metrics["test_images"] == meta["sizes"]["test"]
-    assert {f"class_accuracy_{name}" for name in meta["class_names"]} <= set(metrics)
+    per_class = pd.read_csv(root / "reports/plots/lenet/class_accuracy.csv")
+    assert list(per_class["class"]) == meta["class_names"]  # digits: every class is in the test split
+    assert per_class["images"].sum() == metrics["test_images"]
+    assert (per_class["accuracy"] * per_class["images"]).sum() / metrics["test_images"] == pytest.approx(
+        metrics["test_accuracy"], abs=1e-6)
     # The weights kept are the best epoch's: evaluate's val accuracy is the best of the curve.
     assert metrics["val_accuracy"] == pytest.approx(max(float(row["val_accuracy"]) for row in history), abs=1e-6)
 
@@ -200,12 +204,12 @@ def test_tiny_run_writes_the_output_contract(tiny_run):
 def test_rerun_with_the_same_params_resumes_from_the_checkpoint(tiny_run, caplog):
     root, params = tiny_run
     weights = (root / "models/lenet.pt").read_bytes()
-    history = (root / "reports/plots/lenet/history.csv").read_bytes()
+    history = {p: p.read_bytes() for p in (root / "dvclive/train_lenet").rglob("*.*")}
     with caplog.at_level("INFO"):
         train_lenet.main(params)
     assert "resuming from checkpoints/lenet/last.pt (epoch 2 done)" in caplog.text
     assert (root / "models/lenet.pt").read_bytes() == weights
-    assert (root / "reports/plots/lenet/history.csv").read_bytes() == history
+    assert {p: p.read_bytes() for p in (root / "dvclive/train_lenet").rglob("*.*")} == history
 
 
 def test_lr_auto_without_the_range_test_names_the_stage(tmp_path, monkeypatch):

@@ -17,7 +17,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from chromium import Browser
 from conftest import clone_run, run

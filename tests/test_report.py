@@ -132,8 +132,8 @@ def test_every_lr_find_stage_declares_its_curve_with_the_log_x_template():
     assert template["data"]["values"] == "<DVC_METRIC_DATA>"
     found = 0
     for name, stage in spec.items():
-        records = [p for p in stage.get("outs", []) if isinstance(p, str) and p.startswith("reports/lr_find/")
-                   and p.endswith(".json")]
+        outs = [p if isinstance(p, str) else next(iter(p)) for p in stage.get("outs", [])]
+        records = [p for p in outs if p.startswith("reports/lr_find/") and p.endswith(".json")]
         for record in records:
             found += 1
             plots = {next(iter(p)): next(iter(p.values())) for p in stage.get("plots", []) if isinstance(p, dict)}
@@ -264,6 +264,64 @@ def test_dvc_plots_show_and_diff_render_every_declared_plot(two_commits):
                 assert not entry.get("errors"), (key, entry["errors"])
     revisions = {rev for entries in plots.values() for entry in entries for rev in entry.get("revisions", [])}
     assert {"HEAD~1", "workspace"} <= revisions
+
+
+def test_a_fresh_clone_with_no_remote_diffs_metrics_params_and_plots(two_commits, tmp_path):
+    """The metrics, DVCLive series and plot data are in git (cache: false): a clone with no
+    DVC cache and no remote compares the two commits, and so does its report."""
+    src, env = two_commits.repo, two_commits.env
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(src), str(clone)], tmp_path, env)
+    assert not (clone / ".dvc" / "cache").exists()
+
+    here = stdout_json(["dvc", "metrics", "diff", "HEAD~1", "--json"], clone, env)
+    there = stdout_json(["dvc", "metrics", "diff", "HEAD~1", "--json"], src, env)
+    assert here == there and here[HOUSES_METRICS]["val_rmsle"]["old"] == two_commits.first[HOUSES_METRICS]["val_rmsle"]
+    assert "dvclive/train_houses/metrics.json" in here  # the training summary changed too
+    params = stdout_json(["dvc", "params", "diff", "HEAD~1", "--json"], clone, env)
+    assert params["params.yaml"]["houses.train.epochs"]["new"] == params["params.yaml"]["houses.train.epochs"]["old"] + 3
+    plots = stdout_json(["dvc", "plots", "diff", "HEAD~1", "--json"], clone, env)
+    drawn = {key for key, entries in plots["data"].items() for entry in entries
+             if entry["type"] == "vega" and not entry.get("errors") and entry["content"]["data"]["values"]}
+    declared = yaml.safe_load((clone / "dvc.yaml").read_text())["plots"]
+    assert {next(iter(group)) for group in declared} <= drawn  # every learning curve, from git alone
+    for key, entries in plots["data"].items():
+        for entry in entries:
+            if entry.get("errors"):  # only pictures are missing: they live in the DVC cache
+                assert Path(key).suffix == ".png", (key, entry["errors"])
+
+    sh(["python", "-m", "dlpipe", "report"], clone, env)
+    rows = summary((clone / INDEX).read_text())
+    row = rows[(HOUSES_METRICS, "val_rmsle")]
+    assert row["old"] == two_commits.first[HOUSES_METRICS]["val_rmsle"]
+    assert row["value"] == two_commits.second[HOUSES_METRICS]["val_rmsle"]
+
+
+def test_dvc_metrics_show_fits_a_terminal(tiny_dvc_run):
+    """One table lists every metrics file's keys side by side: the headline files and the
+    DVCLive summaries keep it under 200 columns (the details files are not DVC metrics)."""
+    out, _ = sh(["dvc", "metrics", "show"], tiny_dvc_run.repo, tiny_dvc_run.env)
+    lines = out.splitlines()
+    assert len(lines) > 5 and any(line.startswith("reports/metrics/dcgan.json") for line in lines), out
+    width = max(len(line) for line in lines)
+    print(f"\n[report] dvc metrics show: {width} columns")
+    assert width < 200, out
+
+
+def test_a_metrics_file_the_earlier_commit_lacks_is_named_with_the_reason(two_commits, tmp_path):
+    src, env = two_commits.repo, two_commits.env
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(src), str(clone)], tmp_path, env)
+    lenet = "reports/metrics/lenet.json"
+    sh(["git", "rm", "-q", "--cached", lenet], clone, env)
+    sh(["git", "commit", "-qm", "lenet metrics not committed"], clone, env)
+    sh(["git", "add", lenet], clone, env)
+    sh(["git", "commit", "-qm", "lenet metrics committed again"], clone, env)
+    _, comparison = compare.compare(clone)
+    assert comparison.baseline == "HEAD~1"
+    assert comparison.old(lenet, "test_accuracy") is None and comparison.old(HOUSES_METRICS, "val_rmsle") is not None
+    assert set(comparison.missing) == {lenet}
+    assert f"does not hold {lenet}" in comparison.missing[lenet]
 
 
 # --------------------------------------------------------------------------- in a real browser

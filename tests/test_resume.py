@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import engine_env, same_tree, write_params
+from conftest import engine_env, output_roots, same_tree, write_params
 from dlpipe.workflow_graph import load_stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ STAGES = {
     "train_dcgan": ({"dcgan.train.epochs": EPOCHS, "dcgan.train.max_batches": 3}, "checkpoints/dcgan",
                     "evaluate_dcgan"),
 }
-COPIED = ("src", "workflow", "data", "models", "reports", "checkpoints", "params.yaml")
+COPIED = ("src", "workflow", *output_roots(), "params.yaml")
 
 
 def stage_outputs(name: str) -> list[str]:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import same_tree  # noqa: E402
+from conftest import output_roots, same_tree  # noqa: E402
 import torch
 import yaml
 
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 WHY_NOT = slurm_cluster.why_not()
-OUTPUT_ROOTS = ("data", "models", "reports", "checkpoints")
+OUTPUT_ROOTS = output_roots()
 ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}
 TARGETS = ["evaluate_houses", "evaluate_lenet"]
 SLURM_RUN = ["snakemake", "--executor", "slurm", "--workflow-profile", "workflow/profiles/slurm",

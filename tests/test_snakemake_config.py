@@ -11,7 +11,8 @@ from conftest import clone_run, run
 
 # The houses chain below evaluate_houses: seed reaches lr_find_houses and train_houses.
 TARGET = "evaluate_houses"
-SEEDED = ("reports/lr_find/houses.json", "models/houses.pt", "reports/plots/houses/history.csv",
+SEEDED = ("reports/lr_find/houses.json", "models/houses.pt", "dvclive/train_houses/plots/metrics/train_loss.tsv",
+          "dvclive/train_houses/metrics.json",
           "reports/metrics/houses.json", "reports/submission.csv", "reports/plots/houses/val_predictions.csv")
 
 

@@ -26,7 +26,7 @@ def state_of(files: RunFiles, seed: int = 0) -> TrainingState:
 
 
 def test_a_checkpoint_resumes_components_progress_and_rng_states(tmp_path):
-    files = RunFiles("t", tmp_path / "ckpt" / "last.pt", "id-1", tmp_path / "history.csv")
+    files = RunFiles("t", tmp_path / "ckpt" / "last.pt", "id-1", tmp_path / "live")
     state = state_of(files)
     assert "scheduler" not in state.components  # None: left out
     assert not state.resume() and list(state.epochs(2)) == [0, 1]
@@ -35,7 +35,7 @@ def test_a_checkpoint_resumes_components_progress_and_rng_states(tmp_path):
     state.components["noise_rng"].generator.manual_seed(7)
     state.end_epoch([{"epoch": 1, "loss": 0.25}])
     after_save = torch.rand(3), torch.randn(2, generator=state.components["noise_rng"].generator)
-    assert (tmp_path / "history.csv").read_text() == "epoch,loss\n1,0.25\n"
+    assert (tmp_path / "live/plots/metrics/loss.tsv").read_text() == "step\tloss\n1\t0.25\n"  # DVCLive's layout
     saved = torch.load(files.checkpoint, weights_only=True)
     assert saved["params_hash"] == "id-1" and saved["epoch"] == 1 and saved["history"] == [{"epoch": 1, "loss": 0.25}]
     assert saved["scaler"] == {}  # a disabled GradScaler: saved empty, not loaded

@@ -6,7 +6,6 @@ last) weights are kept."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import socket
@@ -27,6 +26,7 @@ from dlpipe.stages import (evaluate_transfer, fetch_classifier, fetch_transfer, 
 from dlpipe.stages import _transfer as tr
 from dlpipe.training import lr_finder
 from dlpipe.training.loop import predict
+from dlpipe.training import live
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.workflow_graph import load_stages
 from test_classifier_data import make_params
@@ -50,9 +50,8 @@ def load(path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def history(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+def history(stage: str, root: Path = Path(".")) -> list[dict]:
+    return live.read_history(root / "dvclive" / stage)
 
 
 @pytest.fixture(scope="module")
@@ -217,12 +216,12 @@ def test_tiny_run_writes_the_output_contract(tiny_run):
     torchvision.models.resnet18(num_classes=10).load_state_dict(backbone)  # digits: 10 classes
     torchvision.models.resnet18(num_classes=2).load_state_dict(head)  # faces: 2 classes
     torchvision.models.resnet18(num_classes=2).load_state_dict(finetune)
-    metrics = json.loads((root / "reports/metrics/transfer.json").read_text())
+    metrics = json.loads((root / "reports/details/transfer.json").read_text())
     assert set(metrics) == {"head_val_accuracy", "finetune_val_accuracy", "val_images", "finetune_misclassified"}
     assert metrics["val_images"] == 50 and all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["finetune_misclassified"] == round((1 - metrics["finetune_val_accuracy"]) * 50)
     for stage in ("head", "finetune"):
-        rows = history(root / f"reports/plots/transfer/{stage}_history.csv")
+        rows = history(f"train_transfer_{stage}", root)
         assert [int(r["epoch"]) for r in rows] == [1, 2]
         assert {"lr", "train_loss", "val_loss", "val_accuracy"} <= set(rows[0])
         # The weights kept are the best epoch's: evaluate's accuracy is the best of the curve.
@@ -232,7 +231,7 @@ def test_tiny_run_writes_the_output_contract(tiny_run):
         assert (root / f"reports/lr_find/transfer_{stage}.png").read_bytes()[:8] == PNG
         assert (root / f"checkpoints/transfer_{stage}/last.pt").is_file()
     assert (root / "reports/plots/transfer/misclassified.png").read_bytes()[:8] == PNG
-    assert (root / "reports/plots/transfer/backbone_history.csv").is_file()
+    assert [r["epoch"] for r in history("pretrain_transfer_backbone", root)] == [1]
 
 
 def test_stage1_leaves_every_backbone_tensor_unchanged(tiny_run):
@@ -281,7 +280,7 @@ def test_the_best_not_the_last_weights_are_kept(run_copy):
                        "transfer.head.train.optimizer": {"name": "sgd", "weight_decay": 1.0e-4, "momentum": 0.9},
                        "transfer.head.train.schedule": {"name": "constant"}, "transfer.head.train.epochs": 4})
     train_transfer_head.main(params)
-    rows = history(Path("reports/plots/transfer/head_history.csv"))
+    rows = history("train_transfer_head")
     accuracies = [float(r["val_accuracy"]) for r in rows]
     assert accuracies[-1] < max(accuracies) - 0.1, accuracies  # the case this test needs
     best = ResNet18(2)
@@ -306,7 +305,7 @@ def test_tiny_run_on_your_own_folder(run_copy):
                                                                          ["blue", "green", "red"])
     for name in ("head", "finetune"):
         torchvision.models.resnet18(num_classes=3).load_state_dict(load(f"models/transfer_{name}.pt"))
-    metrics = json.loads(Path("reports/metrics/transfer.json").read_text())
+    metrics = json.loads(Path("reports/details/transfer.json").read_text())
     assert metrics["val_images"] == 6 and 0 <= metrics["finetune_val_accuracy"] <= 1
     assert metrics["finetune_misclassified"] == round((1 - metrics["finetune_val_accuracy"]) * 6)
     assert Path("reports/plots/transfer/misclassified.png").read_bytes()[:8] == PNG
@@ -328,4 +327,5 @@ def test_dvc_stages_read_only_what_they_use():
     assert "models/transfer_head.pt" in stages["train_transfer_finetune"].deps
     assert "models/transfer_backbone.pt" in stages["train_transfer_head"].deps
     raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate_transfer"]
-    assert raw["metrics"] == ["reports/metrics/transfer.json"]  # cached: `dvc metrics diff` reads old commits
+    # in git (cache: false): `dvc metrics diff` reads old commits without a DVC remote
+    assert raw["metrics"] == [{"reports/metrics/transfer.json": {"cache": False}}]

@@ -54,6 +54,14 @@ def write_json(target: str | Path, obj: object) -> None:
         fh.write("\n")
 
 
+def write_metrics(metrics: Path, details: Path, numbers: dict, headline: tuple[str, ...]) -> None:
+    """A stage's results: every number (and note) in ``details``, and the ``headline`` keys
+    alone in ``metrics``, its DVC metrics file. One table of `dvc metrics show` lists every
+    metrics file's keys side by side: headline keys only keep it as wide as a terminal."""
+    write_json(details, numbers)
+    write_json(metrics, {key: numbers[key] for key in headline if key in numbers})
+
+
 def write_text(target: str | Path, text: str) -> None:
     with atomic_open(target) as fh:
         fh.write(text)

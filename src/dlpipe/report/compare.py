@@ -6,8 +6,9 @@ Inside ``dvc repro`` the workspace holds the new metrics and HEAD the previous
 commit's. Once those results are committed (a rerun of the report after
 ``git commit``), the workspace equals HEAD and the comparison moves one commit
 back, to HEAD~1: the page stays the same before and after the commit. Without
-git, without an earlier commit or without the earlier commit's metrics in the
-DVC cache, the page shows the values alone and says why.
+git or without an earlier commit, the page shows the values alone and says why;
+a metrics file the baseline commit lacks (the metrics are tracked by git, so
+this means it was not committed there) is named with the reason.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Comparison:
     metrics: dict[str, dict[str, Change]] = field(default_factory=dict)
     params: dict[str, dict[str, tuple]] = field(default_factory=dict)  # file -> dotted key -> (old, new)
     note: str = ""  # why there is no comparison, or how the baseline was chosen
+    missing: dict[str, str] = field(default_factory=dict)  # metrics file -> why it has no earlier values
 
     def old(self, path: str, key: str) -> float | None:
         change = self.metrics.get(path, {}).get(key)
@@ -115,6 +117,17 @@ def _changes(diff: dict) -> dict[str, dict[str, Change]]:
     return result
 
 
+def why_missing(root: Path, rev: str, path: str) -> str:
+    """Why ``rev`` has no values of the metrics file ``path``, in words."""
+    short = _git(root, "rev-parse", "--short", rev) or rev
+    if _git(root, "cat-file", "-e", f"{rev}:{path}") is None:
+        if _git(root, "cat-file", "-e", f"{rev}:dvc.lock") is None:
+            return f"{rev} ({short}) has no dvc.lock: the pipeline had not been run and committed there"
+        return (f"{rev} ({short}) does not hold {path}: its stage was not in that commit's pipeline, "
+                "or its results were not committed (`git add` the metrics after `dvc repro`)")
+    return f"{rev} ({short}) holds {path}, but DVC could not read a number from it"
+
+
 def compare(root: Path = Path(".")) -> tuple[Commit | None, Comparison]:
     """The commit the workspace is on, and its metrics and params against the baseline."""
     head = commit_info(root)
@@ -145,8 +158,9 @@ def compare(root: Path = Path(".")) -> tuple[Commit | None, Comparison]:
     changed = {path: {key: (entry.get("old"), entry.get("new")) for key, entry in keys.items() if isinstance(entry, dict)}
                for path, keys in (params or {}).items() if isinstance(keys, dict)}
     comparison = Comparison(baseline, commit_info(root, baseline), metrics, changed, note)
+    comparison.missing = {path: why_missing(root, baseline, path) for path, keys in metrics.items()
+                          if keys and all(c.old is None for c in keys.values())}
     if not any(c.old is not None for keys in metrics.values() for c in keys.values()):
-        comparison.note = (f"{baseline} has no metrics DVC can read (no dvc.lock there, or its "
-                           "outputs are not in the DVC cache: `dvc pull`); values are shown alone.")
+        comparison.note = f"{baseline} has no metrics DVC can read; values are shown alone."
     log.info("report baseline: %s (%s)", baseline, comparison.note or "workspace vs baseline")
     return head, comparison

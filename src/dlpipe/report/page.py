@@ -25,6 +25,7 @@ import yaml
 from dlpipe.report import figures
 from dlpipe.report.compare import Comparison, compare
 from dlpipe.report.registry import MODELS, Model
+from dlpipe.training import live
 from dlpipe.workflow_graph import load_stages
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,10 @@ def read_metrics(path: Path) -> dict[str, float]:
 def used_lr(lr, record: dict, raw: dict, root: Path, earlier: dict[str, figures.UsedLR]) -> figures.UsedLR:
     """The LR training ran with: params' number, the suggestion under ``lr: auto``, or a
     multiple of another stage's (``LRCurve.relative``); with the range the schedule swept,
-    from the history's per-epoch lr column. ``earlier``: the model's LRs so far, by label."""
+    from the training history's lr series. ``earlier``: the model's LRs so far, by label."""
     schedule = None
-    if lr.history and (root / lr.history).is_file():
-        column = pd.read_csv(root / lr.history).get("lr")
+    if lr.history and (root / lr.history).is_dir():
+        column = history_frame(root / lr.history).get("lr")
         if column is not None and column.notna().any():
             schedule = (float(column.min()), float(column.max()))
     value = dotted(raw, lr.lr_param) if lr.lr_param else None
@@ -128,6 +129,15 @@ def used_lr(lr, record: dict, raw: dict, root: Path, earlier: dict[str, figures.
     if schedule:
         return figures.UsedLR(schedule[1], "highest LR in the training history", schedule)
     return figures.UsedLR(None, "", None)
+
+
+def history_frame(folder: Path, per_step: bool = False) -> pd.DataFrame:
+    """A training stage's DVCLive series as one frame, a row per epoch (``per_step``:
+    the means of each epoch's steps, NaN steps left out)."""
+    if per_step:
+        frame = pd.DataFrame(live.read_history(folder, "step"))
+        return frame.drop(columns="step").groupby("epoch", as_index=False).mean()
+    return pd.DataFrame(live.read_history(folder, "epoch"))
 
 
 def training_table(histories, frames, used_by_history: dict, raw: dict) -> dict:
@@ -149,7 +159,7 @@ def training_table(histories, frames, used_by_history: dict, raw: dict) -> dict:
     rows += [row for row in (kept, score) if any(cell != "–" for cell in row[1:])]
     lrs = []
     for history in histories:
-        used = used_by_history.get(history.csv)
+        used = used_by_history.get(history.live)
         value = dotted(raw, f"{history.train}.lr") if history.train else None
         if used and used.value is not None:
             lrs.append(f"{used.value:.3g}" + (" (auto)" if used.how.endswith(": auto") else ""))
@@ -231,14 +241,14 @@ def dcgan_fid(model: Model, metrics: dict, root: Path, record_json: str) -> list
 CLASS_METRICS_NOTE = "class_metrics"  # evaluate_dcgan's note in place of the class metrics (a folder of pictures)
 
 
-def class_metrics_note(model: Model, root: Path) -> str | None:
-    """The metrics file's word on why the class metrics are absent, if it has one."""
-    note = json.loads((root / model.metrics).read_text()).get(CLASS_METRICS_NOTE)
+def class_metrics_note(details: Path) -> str | None:
+    """The details file's word on why the class metrics are absent, if it has one."""
+    note = json.loads(details.read_text()).get(CLASS_METRICS_NOTE)
     return note if isinstance(note, str) else None
 
 
-def class_shares(model: Model, metrics: dict, root: Path, csv: str) -> list[dict]:
-    note = class_metrics_note(model, root)
+def class_shares(model: Model, metrics: dict, root: Path, csv: str, details: str) -> list[dict]:
+    note = class_metrics_note(root / details)
     if note is not None:
         why = note.removeprefix("omitted: ")
         return [{"kind": "note", "text": "No class metrics (classes of generated samples, smallest class share, "
@@ -292,8 +302,8 @@ def model_section(model: Model, outs: set[str], raw: dict, root: Path, notes: li
             section.blocks.append(_figure(f"LR range test: {lr.label}", figures.lr_find_figure(
                 record, f"{model.title} ({lr.label})" if len(model.lr_finds) > 1 else model.title, used), caption))
 
-    present_histories = [h for h in model.histories if present(h.csv)]
-    frames = [pd.read_csv(root / h.csv) for h in present_histories]
+    present_histories = [h for h in model.histories if present(h.series)]
+    frames = [history_frame(root / h.live, h.per_step) for h in present_histories]
     if present_histories:
         section.blocks.append(training_table(present_histories, frames, used_by_history, raw))
     # Histories sharing a figure title run on one epoch axis, one stage after the other.
@@ -304,7 +314,7 @@ def model_section(model: Model, outs: set[str], raw: dict, root: Path, notes: li
             ("Circles mark the epoch whose weights were kept.", any(best[0] for _, _, best in group)),
             ("Dashed lines: where the next training stage starts.", len(group) > 1)) if shown)
         heading = "Training and validation curves" + ("" if title == model.title else f": {title}")
-        section.blocks.append(_figure(heading, figures.history_figure(group, model.panels, title, members[0][0].x),
+        section.blocks.append(_figure(heading, figures.history_figure(group, model.panels, title),
                                       caption, wide=True))
 
     for picture in model.pictures:
@@ -378,6 +388,7 @@ def context(raw: dict, root: Path = Path("."), params_text: str = "") -> dict:
         sections.append(model_section(model, outs, raw, root, notes))
     models = [m for m in models if m.name in metrics]
     head, comparison = compare(root)
+    notes += [f"No earlier values of {path}: {reason}." for path, reason in comparison.missing.items()]
     if skipped:
         log.info("report: no stage in dvc.yaml produces the metrics of %s; left out", ", ".join(skipped))
     summary = summary_rows(models, metrics, comparison)

@@ -18,6 +18,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from dlpipe.training import live
+
 
 def out(stage_module: str, constant: str) -> str:
     """The path ``constant`` of ``dlpipe.stages.<stage_module>`` (imported by name, not by an
@@ -28,7 +30,7 @@ def out(stage_module: str, constant: str) -> str:
 
 @dataclass(frozen=True)
 class Headline:
-    key: str  # key in the model's flat metrics JSON
+    key: str  # key in the model's metrics JSON (the DVC metrics file: headline numbers only)
     label: str
     better: str = ""  # "higher" | "lower" | "" (a reference value: no direction)
 
@@ -38,7 +40,7 @@ class LRCurve:
     label: str
     json: str  # reports/lr_find/<name>.json (lrs, losses, suggestions, rule, suggested_lr)
     lr_param: str = ""  # dotted params key of the LR training used ("auto" = the suggestion)
-    history: str = ""  # the history whose lr column shows the schedule actually run
+    history: str = ""  # the training stage's DVCLive folder whose lr series shows the schedule actually run
     # other values of lr_param: (value, label of another LRCurve of the model, factor),
     # e.g. ("head_div_10", "head", 0.1): a tenth of the LR the head stage used
     relative: tuple[tuple[str, str, float], ...] = ()
@@ -54,11 +56,16 @@ class Panel:
 @dataclass(frozen=True)
 class History:
     label: str  # e.g. "head", "fine-tune": several histories share one axis, boundaries marked
-    csv: str  # per-epoch CSV with an epoch column
+    live: str  # the training stage's DVCLive folder (dlpipe.training.live), one step per epoch
     best: tuple[str, str] = ("", "")  # (column, "min" | "max"): the epoch whose weights were kept
     figure: str = ""  # histories with the same figure title share one epoch axis ("" = the model's title)
     train: str = ""  # dotted params key of the stage's training section (optimizer, schedule, ...)
-    x: str = "epoch"  # the CSV's x column (a GAN logs per step)
+    per_step: bool = False  # one step per training step (a GAN), with an epoch series: drawn as epoch means
+
+    @property
+    def series(self) -> str:
+        """The folder of its series, the stage's output the report reads."""
+        return live.plots_dir(PurePath(self.live)).as_posix()
 
 
 @dataclass(frozen=True)
@@ -87,13 +94,13 @@ class Model:
     panels: tuple[Panel, ...] = ()  # empty: grouped from the CSV's columns
     pictures: tuple[Picture, ...] = ()
     extras: tuple[Extra, ...] = ()  # blocks drawn from the model's other outputs
-    more_metrics: tuple[str, ...] = ()  # further metrics files, listed in full below the section
+    more_metrics: tuple[str, ...] = ()  # the model's other numbers (details files), listed in full below the section
 
     def files(self) -> list[str]:
         """Every file or folder this section reads, metrics first."""
         paths = [self.metrics, *self.more_metrics]
         paths += [lr.json for lr in self.lr_finds]
-        paths += [history.csv for history in self.histories]
+        paths += [history.series for history in self.histories]
         paths += [picture.path for picture in self.pictures]
         paths += [path for extra in self.extras for path in extra.files]
         return list(dict.fromkeys(paths))
@@ -105,12 +112,12 @@ MODELS: tuple[Model, ...] = (
         title="House prices MLP",
         summary="Kaggle House Prices: fully connected net on 313 features, RMSLE loss, early stopping.",
         metrics=out("evaluate_houses", "METRICS"),
-        headline=(Headline("val_rmsle", "validation RMSLE", "lower"),
-                  Headline("val_rmsle_without_outliers", "validation RMSLE without outliers", "lower")),
+        headline=(Headline("val_rmsle", "validation RMSLE", "lower"),),
+        more_metrics=(out("evaluate_houses", "DETAILS"),),
         params=("houses",),
         lr_finds=(LRCurve("houses MLP", out("_houses", "LR_FIND_JSON"), "houses.train.lr",
-                         out("train_houses", "HISTORY")),),
-        histories=(History("training", out("train_houses", "HISTORY"), ("val_rmsle", "min"),
+                         out("train_houses", "LIVE")),),
+        histories=(History("training", out("train_houses", "LIVE"), ("val_rmsle", "min"),
                            train="houses.train"),),
         panels=(Panel("RMSLE (log-price RMSE)", ("train_loss", "val_rmsle")),
                 Panel("learning rate", ("lr",), log_y=True)),
@@ -124,10 +131,11 @@ MODELS: tuple[Model, ...] = (
         metrics=out("evaluate_lenet", "METRICS"),
         headline=(Headline("test_accuracy", "test accuracy", "higher"),
                   Headline("val_accuracy", "validation accuracy", "higher")),
+        more_metrics=(out("evaluate_lenet", "DETAILS"),),
         params=("lenet",),
         lr_finds=(LRCurve("LeNet", out("_lenet", "LR_FIND_JSON"), "lenet.train.lr",
-                         out("train_lenet", "HISTORY")),),
-        histories=(History("training", out("train_lenet", "HISTORY"), ("val_accuracy", "max"),
+                         out("train_lenet", "LIVE")),),
+        histories=(History("training", out("train_lenet", "LIVE"), ("val_accuracy", "max"),
                            train="lenet.train"),),
         panels=(Panel("cross-entropy", ("train_loss", "val_loss")),
                 Panel("validation accuracy", ("val_accuracy",), log_y=False),
@@ -144,16 +152,17 @@ MODELS: tuple[Model, ...] = (
         metrics=out("evaluate_transfer", "METRICS"),
         headline=(Headline("head_val_accuracy", "validation accuracy after the head stage", "higher"),
                   Headline("finetune_val_accuracy", "validation accuracy after fine-tuning", "higher")),
+        more_metrics=(out("evaluate_transfer", "DETAILS"),),
         params=("transfer",),
         lr_finds=(LRCurve("head", out("_transfer", "HEAD_LR_JSON"), "transfer.head.train.lr",
-                         out("train_transfer_head", "HISTORY")),
+                         out("train_transfer_head", "LIVE")),
                   LRCurve("fine-tune", out("_transfer", "FINETUNE_LR_JSON"), "transfer.finetune.train.lr",
-                         out("train_transfer_finetune", "HISTORY"), relative=(("head_div_10", "head", 0.1),))),
-        histories=(History("head", out("train_transfer_head", "HISTORY"), ("val_accuracy", "max"),
+                         out("train_transfer_finetune", "LIVE"), relative=(("head_div_10", "head", 0.1),))),
+        histories=(History("head", out("train_transfer_head", "LIVE"), ("val_accuracy", "max"),
                            train="transfer.head.train"),
-                   History("fine-tune", out("train_transfer_finetune", "HISTORY"), ("val_accuracy", "max"),
+                   History("fine-tune", out("train_transfer_finetune", "LIVE"), ("val_accuracy", "max"),
                            train="transfer.finetune.train"),
-                   History("backbone", out("pretrain_transfer_backbone", "HISTORY"), ("val_accuracy", "max"),
+                   History("backbone", out("pretrain_transfer_backbone", "LIVE"), ("val_accuracy", "max"),
                            figure="Backbone pre-training (weights: pipeline)", train="transfer.pretrain.train")),
         pictures=(Picture(out("evaluate_transfer", "MISCLASSIFIED_PNG"),
                           "Validation images the fine-tuned network gets wrong"),),
@@ -166,15 +175,13 @@ MODELS: tuple[Model, ...] = (
         metrics=out("evaluate_dcgan", "METRICS"),
         headline=(Headline("fid", "FID (LeNet features)", "lower"),
                   Headline("fid_floor", "FID floor (real vs real)"),
-                  Headline("fid_ceiling", "FID ceiling (untrained generator)"),
-                  Headline("min_class_share", "smallest class share of samples", "higher"),
-                  Headline("mean_confidence", "mean classifier confidence on samples", "higher")),
-        more_metrics=(out("_dcgan", "TRAIN_METRICS"),),
+                  Headline("fid_ceiling", "FID ceiling (untrained generator)")),
+        more_metrics=(out("evaluate_dcgan", "DETAILS"), out("_dcgan", "TRAIN_RECORD")),
         params=("dcgan",),
-        # per-epoch means (steps.csv, per step, is for `dvc plots`)
-        histories=(History("training", out("_dcgan", "HISTORY_CSV"), train="dcgan.train"),
+        # per-epoch means of the per-step series (which `dvc plots` draws per step)
+        histories=(History("training", out("_dcgan", "LIVE"), train="dcgan.train", per_step=True),
                    # the FID's own LeNet (train_fid_lenet): its own figure, its own panels
-                   History("metric LeNet", out("train_fid_lenet", "HISTORY"), ("val_accuracy", "max"),
+                   History("metric LeNet", out("train_fid_lenet", "LIVE"), ("val_accuracy", "max"),
                            figure="The FID's feature network (train_fid_lenet)", train="dcgan.feature_net.train")),
         panels=(Panel("losses (BCE), epoch means", ("loss_d", "loss_g")),
                 Panel("discriminator outputs, epoch means", ("d_x", "d_g_z1", "d_g_z2"), log_y=False),
@@ -183,6 +190,6 @@ MODELS: tuple[Model, ...] = (
         pictures=(Picture(out("_dcgan", "FINAL_GRID"), "Final generator on the fixed noise"),
                   Picture(out("_dcgan", "SAMPLES_DIR"), "The fixed noise after each epoch", most=12)),
         extras=(Extra("dcgan_fid", (out("evaluate_dcgan", "FID_RECORD"),)),
-                Extra("class_shares", (out("evaluate_dcgan", "CLASS_HISTOGRAM"),))),
+                Extra("class_shares", (out("evaluate_dcgan", "CLASS_HISTOGRAM"), out("evaluate_dcgan", "DETAILS")))),
     ),
 )

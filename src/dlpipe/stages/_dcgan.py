@@ -9,6 +9,7 @@ import torch
 
 from dlpipe.config import Params
 from dlpipe.models.dcgan import Discriminator, Generator, build
+from dlpipe.training import live
 
 GENERATOR_WEIGHTS = Path("models/dcgan_generator.pt")
 DISCRIMINATOR_WEIGHTS = Path("models/dcgan_discriminator.pt")
@@ -16,9 +17,10 @@ CHECKPOINT = Path("checkpoints/dcgan/last.pt")
 SAMPLES_STORE = Path("checkpoints/dcgan/samples")  # every epoch's grid, kept for a resumed run
 SAMPLES_DIR = Path("reports/dcgan")
 FINAL_GRID = Path("reports/plots/dcgan/final_grid.png")
-STEPS_CSV = Path("reports/plots/dcgan/steps.csv")  # per step: the DVC plots
-HISTORY_CSV = Path("reports/plots/dcgan/history.csv")  # per epoch: means, as the other models' history.csv
-TRAIN_METRICS = Path("reports/metrics/dcgan_train.json")
+# train_dcgan's DVCLive folder: one row per step (losses, D(x), D(G(z)), its epoch); the report
+# draws epoch means of it
+LIVE = live.stage_dir("train_dcgan")
+TRAIN_RECORD = Path("reports/details/dcgan_train.json")  # what went wrong in training (NaN steps, collapse)
 
 # Separate streams, so that changing one draw (say, more grid images) leaves the others alone.
 FIXED_NOISE_OFFSET, EVAL_NOISE_OFFSET, CLASS_NOISE_OFFSET, REAL_DRAW_OFFSET = 1, 2, 3, 4

@@ -64,7 +64,7 @@ def build_model(net: LeNetSection | FeatureNet, seed: int, num_classes: int, dev
 
 
 def fit(net: LeNetSection | FeatureNet, seed: int, lr: float, device: torch.device, *, stage: str, params,
-        weights: Path, checkpoint: Path, history: Path, accel: Accel = OFF) -> tuple[FitResult, dict]:
+        weights: Path, checkpoint: Path, live: Path, accel: Accel = OFF) -> tuple[FitResult, dict]:
     """Train ``net``'s LeNet on the prepared training split with the shared loop (best epoch by
     validation accuracy, a resumable checkpoint each epoch) and save its best weights; the
     training stage of either LeNet (train_lenet, train_fid_lenet). ``stage``: its ``__name__``."""
@@ -75,7 +75,7 @@ def fit(net: LeNetSection | FeatureNet, seed: int, lr: float, device: torch.devi
         model, model.parameters(), train, val, classification(), net.train, lr, RunFiles(
             name=stage.rpartition(".")[2], checkpoint=checkpoint, identity=run_identity(
                 stage, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON], lr=lr),
-            history=history), accel,
+            live=live), accel,
     )
     tensor_io.save_weights(weights, result.best_state)
     return result, meta

@@ -42,7 +42,7 @@ from dlpipe.data import classifier_prepared as cp
 from dlpipe.data.gan_prepared import PREPARED_DIR, REAL_EVAL, TRAIN, load_images, load_meta
 from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
-from dlpipe.io import write_json, write_text
+from dlpipe.io import write_json, write_metrics, write_text
 from dlpipe.models.lenet import LeNet
 from dlpipe.metrics.fid import LeNetFeatures, frechet_distance, inception_distance
 from dlpipe.pictures.sample_grid import to_uint8
@@ -52,7 +52,9 @@ from dlpipe.tensor_io import load_into
 
 log = logging.getLogger(__name__)
 FEATURE_WEIGHTS = Path("models/fid_lenet.pt")  # train_fid_lenet's output (not imported: it pulls in the loop)
-METRICS = Path("reports/metrics/dcgan.json")
+METRICS = Path("reports/metrics/dcgan.json")  # HEADLINE only; every number (and the class note) in DETAILS
+DETAILS = Path("reports/details/dcgan.json")
+HEADLINE = ("fid", "fid_floor", "fid_ceiling")
 FID_RECORD = Path("reports/fid/dcgan.json")
 CLASS_HISTOGRAM = Path("reports/plots/dcgan/class_histogram.csv")
 BATCH = 500
@@ -71,7 +73,7 @@ def has_classes(meta: dict) -> bool:
 STAGE = Stage(
     params=("seed", "device", "dcgan.image_size", "dcgan.model", "dcgan.evaluate", "dcgan.feature_net.model"),
     deps=(GENERATOR_WEIGHTS, FEATURE_WEIGHTS, PREPARED_DIR, cp.PREPARED_DIR),
-    outs=(FID_RECORD,),
+    outs=(FID_RECORD, DETAILS),
     metrics=(METRICS,),
     plots=((CLASS_HISTOGRAM, {"template": "bar_horizontal", "x": "share", "y": "class"}),),
     mem_mb=4000, runtime=30,
@@ -189,7 +191,7 @@ def main(params: Params) -> None:
     else:  # a declared output: it must exist, so the header alone (no class, no share)
         write_histogram(CLASS_HISTOGRAM, [], torch.zeros(0))
     write_json(FID_RECORD, record)
-    write_json(METRICS, metrics)
+    write_metrics(METRICS, DETAILS, metrics, HEADLINE)
     if not classes:
         log.info("dcgan: fid %.3f (ceiling %.3f, floor %.3f; fid/ceiling %.4f, fid/floor %.2f; N %d of a pool of "
                  "%d); class metrics %s", fid, ceiling, floor, metrics["fid_over_ceiling"], metrics["fid_over_floor"],

@@ -16,21 +16,23 @@ from dlpipe.config import Params
 from dlpipe.data.houses_prepared import PREPARED_DIR, load_split
 from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
-from dlpipe.io import write_json, write_text
+from dlpipe.io import write_metrics, write_text
 from dlpipe.models.mlp import HouseMLP
 from dlpipe.stages._houses import WEIGHTS
 from dlpipe.tensor_io import load_into
 
 log = logging.getLogger(__name__)
 SUBMISSION = Path("reports/submission.csv")
-METRICS = Path("reports/metrics/houses.json")
+METRICS = Path("reports/metrics/houses.json")  # HEADLINE only; every number in DETAILS
+DETAILS = Path("reports/details/houses.json")
+HEADLINE = ("val_rmsle",)
 VAL_PREDICTIONS = Path("reports/plots/houses/val_predictions.csv")
 
 
 STAGE = Stage(
     params=("device", "houses.model"),
     deps=(WEIGHTS, PREPARED_DIR),
-    outs=(SUBMISSION,),
+    outs=(SUBMISSION, DETAILS),
     metrics=(METRICS,),
     plots=((VAL_PREDICTIONS, {"x": "true_price", "y": "predicted_price", "template": "scatter"}),),
 )
@@ -87,5 +89,5 @@ def main(params: Params) -> None:
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
     write_text(VAL_PREDICTIONS, buffer.getvalue())
-    write_json(METRICS, metrics)
+    write_metrics(METRICS, DETAILS, metrics, HEADLINE)
     log.info("houses metrics: %s; submission: %d rows", metrics, len(submission))

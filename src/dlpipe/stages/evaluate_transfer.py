@@ -15,7 +15,7 @@ from dlpipe import runtime
 from dlpipe.config import Params
 from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
-from dlpipe.io import write_json
+from dlpipe.io import write_metrics
 from dlpipe.models.resnet import ResNet18
 from dlpipe.pictures.image_grid import plot_image_grid
 from dlpipe.stages._transfer import FINETUNE_WEIGHTS, HEAD_WEIGHTS, PLOTS, val_loader
@@ -23,7 +23,9 @@ from dlpipe.tensor_io import load_into
 from dlpipe.training.loop import predict
 
 log = logging.getLogger(__name__)
-METRICS = Path("reports/metrics/transfer.json")
+METRICS = Path("reports/metrics/transfer.json")  # HEADLINE only; every number in DETAILS
+DETAILS = Path("reports/details/transfer.json")
+HEADLINE = ("head_val_accuracy", "finetune_val_accuracy")
 MISCLASSIFIED_PNG = PLOTS / "misclassified.png"
 MAX_SHOWN = 36
 
@@ -31,6 +33,7 @@ MAX_SHOWN = 36
 STAGE = Stage(
     params=("device", "transfer.augment.image_size", "transfer.augment.crop_fraction"),
     deps=(PREPARED_DIR, HEAD_WEIGHTS, FINETUNE_WEIGHTS),
+    outs=(DETAILS,),
     metrics=(METRICS,),
     plots=(MISCLASSIFIED_PNG,),
     mem_mb=4000,
@@ -60,6 +63,6 @@ def main(params: Params) -> None:
                     f"ResNet18 fine-tuned on {meta['dataset']}: {len(wrong)} of {len(targets)} validation "
                     f"images misclassified" + (f" (first {MAX_SHOWN})" if len(wrong) > MAX_SHOWN else ""),
                     empty_note="no validation image misclassified")
-    write_json(METRICS, metrics)
+    write_metrics(METRICS, DETAILS, metrics, HEADLINE)
     log.info("transfer on %s: head_val_accuracy %.4f, finetune_val_accuracy %.4f (%d images)",
              meta["dataset"], accuracy["head"], accuracy["finetune"], len(targets))

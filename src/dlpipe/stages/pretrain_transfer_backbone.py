@@ -18,24 +18,24 @@ from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import META_JSON, PREPARED_DIR, load_meta, load_split
 from dlpipe.declare import Stage
-from dlpipe.stages._transfer import BACKBONE, CHECKPOINTS, PLOTS, augmenting_loader, build_model, eval_loader
-from dlpipe.training import loop
+from dlpipe.stages._transfer import BACKBONE, CHECKPOINTS, augmenting_loader, build_model, eval_loader
+from dlpipe.training import live, loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.state import RunFiles
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
-HISTORY = PLOTS / "backbone_history.csv"
+LIVE = live.stage_dir(__name__)
 CHECKPOINT = CHECKPOINTS / "transfer_backbone" / "last.pt"
 
 
 STAGE = Stage(
     params=("seed", "device", "accel", "transfer.pretrain", "transfer.augment.crop_ratio"),
     deps=(PREPARED_DIR,),
-    outs=(BACKBONE, HISTORY),
-    plot_groups={"transfer_backbone_pretraining": {
-        "x": "epoch", "y": {HISTORY.as_posix(): ["train_loss", "val_loss", "val_accuracy"]}}},
+    outs=(BACKBONE, live.plots_dir(LIVE)),
+    metrics=(live.metrics_file(LIVE),),
+    plot_groups={"transfer_backbone_pretraining": live.plot_group({LIVE: ["train_loss", "val_loss", "val_accuracy"]})},
     mem_mb=8000, runtime=60,
 )
 
@@ -55,7 +55,7 @@ def main(params: Params) -> None:
         model, model.parameters(), train_batches, val_batches, classification(), cfg.train, cfg.train.lr, RunFiles(
             name="pretrain_transfer_backbone", checkpoint=CHECKPOINT, identity=run_identity(
                 __name__, params, [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]),
-            history=HISTORY), Accel.from_params(params.accel, device),
+            live=LIVE), Accel.from_params(params.accel, device),
     )
     tensor_io.save_weights(BACKBONE, result.best_state)
     log.info("transfer backbone on %s: best val_accuracy %.4f at epoch %d of %d", meta["dataset"],

@@ -8,10 +8,10 @@ through DiffAugment (training/gan_augment.py), its shifts drawn from the same
 checkpointed generator as the noise. After every epoch the generator draws
 the same fixed noise batch into reports/dcgan/epoch_NNN.png; the last one is
 also reports/plots/dcgan/final_grid.png (a DVC plot image). Per-step losses,
-D(x) and D(G(z)) go to reports/plots/dcgan/steps.csv, a resumable checkpoint
+D(x) and D(G(z)) go to DVCLive (dvclive/train_dcgan/), a resumable checkpoint
 to checkpoints/dcgan/ every epoch, the final weights to
 models/dcgan_{generator,discriminator}.pt, and what went wrong (NaN steps, a
-discriminator that won completely) to reports/metrics/dcgan_train.json.
+discriminator that won completely) to reports/details/dcgan_train.json.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from dlpipe.declare import Stage
 from dlpipe.io import atomic_dir, write_json
 from dlpipe.pictures.sample_grid import save_grid, to_uint8
 from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID, FIXED_NOISE_OFFSET, GENERATOR_WEIGHTS,
-                                  HISTORY_CSV, SAMPLES_DIR, SAMPLES_STORE, STEPS_CSV, TRAIN_METRICS, build_networks,
-                                  generate, noise)
+                                  LIVE, SAMPLES_DIR, SAMPLES_STORE, TRAIN_RECORD, build_networks, generate, noise)
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.gan import GanResult, epoch_means, fit_gan
 from dlpipe.training.gan_augment import DiffAugment
-from dlpipe.training.state import RunFiles, write_history
+from dlpipe.training import live
+from dlpipe.training.state import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,11 @@ log = logging.getLogger(__name__)
 STAGE = Stage(
     params=("seed", "device", "dcgan.image_size", "dcgan.model", "dcgan.train"),
     deps=(PREPARED_DIR,),
-    outs=(GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, SAMPLES_DIR, STEPS_CSV, HISTORY_CSV),
-    metrics=(TRAIN_METRICS,),
+    outs=(GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, SAMPLES_DIR, live.plots_dir(LIVE), TRAIN_RECORD),
+    metrics=(live.metrics_file(LIVE),),
     plots=(FINAL_GRID,),
-    plot_groups={"dcgan_losses": {"x": "step", "y": {STEPS_CSV.as_posix(): ["loss_d", "loss_g"]}},
-                 "dcgan_discriminator_outputs": {"x": "step",
-                                                 "y": {STEPS_CSV.as_posix(): ["d_x", "d_g_z1", "d_g_z2"]}}},
+    plot_groups={"dcgan_losses": live.plot_group({LIVE: ["loss_d", "loss_g"]}),
+                 "dcgan_discriminator_outputs": live.plot_group({LIVE: ["d_x", "d_g_z1", "d_g_z2"]})},
     mem_mb=8000, runtime=240,
 )
 
@@ -89,19 +88,8 @@ class EpochGrids:
                 stale.unlink()
 
 
-def per_epoch(history: list[dict], threshold: float) -> list[dict]:
-    """One row per epoch: the means of its steps, and its NaN and collapsed steps."""
-    rows = []
-    for epoch in sorted({row["epoch"] for row in history}):
-        steps = [row for row in history if row["epoch"] == epoch]
-        rows.append({"epoch": epoch, **epoch_means(steps),
-                     "nan_steps": sum(not (math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"])) for r in steps),
-                     "d_collapse_steps": sum(r["d_g_z2"] < threshold for r in steps)})
-    return rows
-
-
 def summary(history: list[dict], watch: dict, epochs: int) -> dict:
-    """Flat numbers for reports/metrics/dcgan_train.json: last epoch's means and the trouble counts."""
+    """Flat numbers for reports/details/dcgan_train.json: last epoch's means and the trouble counts."""
     last = epoch_means([row for row in history if row["epoch"] == epochs])
     return {
         "epochs": epochs, "steps": len(history),
@@ -162,15 +150,14 @@ def main(params: Params) -> None:
         run, params, files=RunFiles(
             name="train_dcgan", checkpoint=CHECKPOINT,
             identity=run_identity(__name__, params, [PREPARED_DIR / TRAIN, PREPARED_DIR / META_JSON]),
-            history=STEPS_CSV), on_epoch_end=grids,
+            live=LIVE, step_key="step"), on_epoch_end=grids,
     )
     EpochGrids.publish(cfg.epochs)
-    write_history(HISTORY_CSV, per_epoch(result.history, cfg.collapse_threshold))
     save_grid(to_uint8(generate(result.sampler, grids.fixed_noise)), FINAL_GRID)
     tensor_io.save_weights(GENERATOR_WEIGHTS, result.sampler.state_dict())
     tensor_io.save_weights(DISCRIMINATOR_WEIGHTS, run.discriminator.state_dict())
     metrics = summary(result.history, result.watch, cfg.epochs)
-    write_json(TRAIN_METRICS, metrics)
+    write_json(TRAIN_RECORD, metrics)
     log.info("dcgan on %s: %d epochs (%d run now, %.1f s), %d steps, nan_steps %d, d_collapse_steps %d "
              "(longest %d, alerts %d)", run.meta["dataset"], cfg.epochs, result.epochs_run,
              time.perf_counter() - started, metrics["steps"], metrics["nan_steps"], metrics["d_collapse_steps"],

@@ -20,17 +20,19 @@ from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import PREPARED_DIR
 from dlpipe.declare import Stage
 from dlpipe.stages._lenet import fit
+from dlpipe.training import live
 
 log = logging.getLogger(__name__)
 WEIGHTS = Path("models/fid_lenet.pt")
 CHECKPOINT = Path("checkpoints/fid_lenet/last.pt")
-HISTORY = Path("reports/plots/fid_lenet/history.csv")
+LIVE = live.stage_dir(__name__)
 
 
 STAGE = Stage(
     params=("device", "dcgan.feature_net"),
     deps=(PREPARED_DIR,),
-    outs=(WEIGHTS, HISTORY),
+    outs=(WEIGHTS, live.plots_dir(LIVE)),
+    metrics=(live.metrics_file(LIVE),),
     mem_mb=8000, runtime=120,
 )
 
@@ -39,6 +41,6 @@ def main(params: Params) -> None:
     net = params.dcgan.feature_net
     device = runtime.setup(net.seed, params.device)
     result, meta = fit(net, net.seed, net.train.lr, device, stage=__name__, params=params, weights=WEIGHTS,
-                       checkpoint=CHECKPOINT, history=HISTORY)
+                       checkpoint=CHECKPOINT, live=LIVE)
     log.info("fid lenet on %s: best val_accuracy %.4f at epoch %d of %d", meta["dataset"],
              result.best_metric, result.best_epoch, result.epochs_run)

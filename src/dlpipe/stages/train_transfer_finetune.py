@@ -13,30 +13,29 @@ from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
 from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
-from dlpipe.stages._transfer import (CHECKPOINTS, FINETUNE_LR_JSON, FINETUNE_WEIGHTS, HEAD_LR_JSON, HEAD_WEIGHTS, PLOTS,
+from dlpipe.stages._transfer import (CHECKPOINTS, FINETUNE_LR_JSON, FINETUNE_WEIGHTS, HEAD_LR_JSON, HEAD_WEIGHTS,
                                      PREPARED_FILES, finetune_groups, finetune_lr, finetune_model, train_loader,
                                      val_loader)
-from dlpipe.stages.train_transfer_head import HISTORY as HEAD_HISTORY
-from dlpipe.training import loop
+from dlpipe.stages.train_transfer_head import LIVE as HEAD_LIVE
+from dlpipe.training import live, loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.state import RunFiles
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
-HISTORY = PLOTS / "finetune_history.csv"
+LIVE = live.stage_dir(__name__)
 CHECKPOINT = CHECKPOINTS / "transfer_finetune" / "last.pt"
 
 
 STAGE = Stage(
     params=("seed", "device", "accel", "transfer.augment", "transfer.finetune", "transfer.head.train.lr"),
     deps=(PREPARED_DIR, HEAD_WEIGHTS, HEAD_LR_JSON, FINETUNE_LR_JSON),
-    outs=(FINETUNE_WEIGHTS, HISTORY),
+    outs=(FINETUNE_WEIGHTS, live.plots_dir(LIVE)),
+    metrics=(live.metrics_file(LIVE),),
     plot_groups={
-        "transfer_loss": {"x": "epoch", "y": {HEAD_HISTORY.as_posix(): ["train_loss", "val_loss"],
-                                              HISTORY.as_posix(): ["train_loss", "val_loss"]}},
-        "transfer_val_accuracy": {"x": "epoch", "y": {HEAD_HISTORY.as_posix(): "val_accuracy",
-                                                      HISTORY.as_posix(): "val_accuracy"}}},
+        "transfer_loss": live.plot_group({HEAD_LIVE: ["train_loss", "val_loss"], LIVE: ["train_loss", "val_loss"]}),
+        "transfer_val_accuracy": live.plot_group({HEAD_LIVE: ["val_accuracy"], LIVE: ["val_accuracy"]})},
     mem_mb=8000, runtime=120,
 )
 
@@ -54,7 +53,7 @@ def main(params: Params) -> None:
         model, groups, train, val, classification(), cfg, lr, RunFiles(
             name="train_transfer_finetune", checkpoint=CHECKPOINT, identity=run_identity(
                 __name__, params, PREPARED_FILES + [HEAD_WEIGHTS], lr=lr),
-            history=HISTORY), Accel.from_params(params.accel, device),
+            live=LIVE), Accel.from_params(params.accel, device),
     )
     tensor_io.save_weights(FINETUNE_WEIGHTS, result.best_state)
     log.info("transfer fine-tuning on %s: best val_accuracy %.4f at epoch %d of %d (group LRs %s)",

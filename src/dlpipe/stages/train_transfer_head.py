@@ -12,23 +12,24 @@ from dlpipe import runtime, tensor_io
 from dlpipe.config import Params
 from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
-from dlpipe.stages._transfer import (BACKBONE, CHECKPOINTS, HEAD_LR_JSON, HEAD_WEIGHTS, PLOTS, PREPARED_FILES, head_lr,
+from dlpipe.stages._transfer import (BACKBONE, CHECKPOINTS, HEAD_LR_JSON, HEAD_WEIGHTS, PREPARED_FILES, head_lr,
                                      head_model, train_loader, val_loader, weights_files)
-from dlpipe.training import loop
+from dlpipe.training import live, loop
 from dlpipe.training.accel import Accel
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.state import RunFiles
 from dlpipe.training.tasks import classification
 
 log = logging.getLogger(__name__)
-HISTORY = PLOTS / "head_history.csv"
+LIVE = live.stage_dir(__name__)
 CHECKPOINT = CHECKPOINTS / "transfer_head" / "last.pt"
 
 
 STAGE = Stage(
     params=("seed", "device", "accel", "transfer.model", "transfer.augment", "transfer.head.train"),
     deps=(PREPARED_DIR, BACKBONE, HEAD_LR_JSON),
-    outs=(HEAD_WEIGHTS, HISTORY),
+    outs=(HEAD_WEIGHTS, live.plots_dir(LIVE)),
+    metrics=(live.metrics_file(LIVE),),
     mem_mb=8000, runtime=120,
 )
 
@@ -44,7 +45,7 @@ def main(params: Params) -> None:
         model, model.fc.parameters(), train, val, classification(), cfg, lr, RunFiles(
             name="train_transfer_head", checkpoint=CHECKPOINT, identity=run_identity(
                 __name__, params, PREPARED_FILES + weights_files(params), lr=lr),
-            history=HISTORY), Accel.from_params(params.accel, device),
+            live=LIVE), Accel.from_params(params.accel, device),
     )
     tensor_io.save_weights(HEAD_WEIGHTS, result.best_state)
     log.info("transfer head on %s (backbone: %s): best val_accuracy %.4f at epoch %d of %d (lr %.4g)",

@@ -236,7 +236,7 @@ def fit_gan(
     sampler = generator if ema is None else ema.module
     state = TrainingState(files, {"generator": generator, "discriminator": discriminator, "opt_g": opt_g,
                                   "opt_d": opt_d, "noise_rng": GeneratorState(noise_generator), "watch": watch,
-                                  "ema": ema})
+                                  "ema": ema}, summary=("loss_g",))
     state.resume()
     start = state.epoch
     device = next(generator.parameters()).device

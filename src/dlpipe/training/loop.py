@@ -139,7 +139,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, task: Task, optimizati
         stopping: Stopping, files: RunFiles = RunFiles(), accel: Accel = OFF) -> FitResult:
     optimizer, scheduler = optimization.optimizer, optimization.scheduler
     scaler = accel.grad_scaler()
-    state = TrainingState(files, {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler})
+    state = TrainingState(files, {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
+                          summary=(task.monitor,))
     if not state.resume():
         state.best_state = copy.deepcopy(model.state_dict())
 

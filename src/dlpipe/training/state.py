@@ -6,17 +6,22 @@ best metric and weights, early stopping's count) plus the objects it trains
 ``load_state_dict``), named as they appear in the checkpoint. It resumes
 itself from the checkpoint of its ``RunFiles`` when that checkpoint has the
 same run identity (``checkpoint.run_identity``), restoring the RNG states with
-it, and after every epoch writes the history CSV and itself as the next
-checkpoint (``checkpoint.save``; the ``epoch_end`` fault point sits right
-after it, see ``dlpipe.training.faults``). The loops keep what differs: the
-steps of an epoch, what a history row holds, when a result is the best.
+it, and after every epoch logs the epoch's history rows (DVCLive,
+``dlpipe.training.live``) and writes itself as the next checkpoint
+(``checkpoint.save``; the ``epoch_end`` fault point sits right after it, see
+``dlpipe.training.faults``). The loops keep what differs: the steps of an
+epoch, what a history row holds, when a result is the best.
+
+Progress: a tqdm bar in a terminal, with the log lines written above it
+(``logging_redirect_tqdm``), so a bar and a log line never share a line; no
+bar where the output is a file or a pipe (DVC's and Snakemake's logs), which
+then get one log line per epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import csv
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +29,10 @@ from typing import Any, Iterator
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dlpipe.io import write_text
 from dlpipe.training import checkpoint, faults
+from dlpipe.training.live import TrainingLog
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +41,15 @@ log = logging.getLogger(__name__)
 class RunFiles:
     """What a training run is called and where it keeps its progress: ``checkpoint``,
     the resumable checkpoint (None: none), valid only for a run of the same
-    ``identity`` (``checkpoint.run_identity``); ``history``, the history CSV
-    (None: none); ``name`` names the run in the progress bar and the log."""
+    ``identity`` (``checkpoint.run_identity``); ``live``, the DVCLive folder of its
+    history (None: none), whose steps are the rows' ``step_key``; ``name`` names the
+    run in the progress bar and the log."""
 
     name: str = "train"
     checkpoint: Path | None = None
     identity: str = ""
-    history: Path | None = None
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(path, buffer.getvalue())
+    live: Path | None = None
+    step_key: str = "epoch"
 
 
 class GeneratorState:
@@ -71,11 +71,13 @@ class TrainingState:
 
     ``components``: {checkpoint key: object with ``state_dict``/``load_state_dict``};
     a None value (no scheduler, no EMA) is left out. ``epoch``: epochs done;
-    ``history``: the history CSV's rows (one per epoch, or per step for the GAN).
+    ``history``: the logged rows (one per epoch, or per step for the GAN); ``summary``:
+    the series DVCLive's metrics.json shows (empty: all).
     """
 
     files: RunFiles
     components: dict[str, Any]
+    summary: tuple[str, ...] = ()
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best_metric: float | None = None
@@ -84,6 +86,7 @@ class TrainingState:
     bad_epochs: int = 0  # epochs since the best one (early stopping)
     stopped: bool = False  # stopped early: a resumed run trains no further
     _bar: Any = field(default=None, init=False, repr=False)
+    _log: TrainingLog | None = field(default=None, init=False, repr=False)
 
     _PROGRESS = ("epoch", "history", "best_metric", "best_epoch", "best_state", "bad_epochs", "stopped")
 
@@ -104,14 +107,16 @@ class TrainingState:
             setattr(self, key, saved[key])
 
     def resume(self) -> bool:
-        """Continue from the checkpoint if there is one of this run identity; False: a fresh start."""
-        if self.files.checkpoint is None:
-            return False
-        saved = checkpoint.load_resumable(self.files.checkpoint, self.files.identity)
-        if not saved:
-            return False
-        self.load_state_dict(saved)
-        return True
+        """Continue from the checkpoint if there is one of this run identity (False: a fresh
+        start), then open the DVCLive folder with the history so far."""
+        saved = None
+        if self.files.checkpoint is not None:
+            saved = checkpoint.load_resumable(self.files.checkpoint, self.files.identity)
+        if saved:
+            self.load_state_dict(saved)
+        if self.files.live is not None:
+            self._log = TrainingLog(self.files.live, self.files.step_key, self.history, self.summary)
+        return bool(saved)
 
     def snapshot(self) -> dict:
         """A copy in memory of what training changes within an epoch (the components and
@@ -136,29 +141,30 @@ class TrainingState:
 
     def epochs(self, total: int) -> Iterator[int]:
         """The epochs still to run (0-based) under a progress bar (``postfix``); none
-        after an early stop, a resumed one included."""
+        after an early stop, a resumed one included. ``disable=None``: no bar unless
+        stderr is a terminal."""
         self._bar = tqdm(range(self.epoch, total), desc=self.files.name, unit="epoch", initial=self.epoch,
-                         total=total, disable=self.stopped, mininterval=1.0)
-        for epoch in self._bar:
-            if self.stopped:
-                break
-            yield epoch
+                         total=total, disable=True if self.stopped else None, mininterval=1.0)
+        with logging_redirect_tqdm() if not self._bar.disable else contextlib.nullcontext():
+            for epoch in self._bar:
+                if self.stopped:
+                    break
+                yield epoch
 
     def postfix(self, **values: str) -> None:
         self._bar.set_postfix(**values)
 
     def end_epoch(self, rows: list[dict]) -> None:
-        """One more epoch done with these history rows: the history CSV, then the checkpoint."""
+        """One more epoch done with these history rows: logged, then the checkpoint."""
         self.history.extend(rows)
         self.epoch += 1
-        if self.files.history:
-            write_history(self.files.history, self.history)
+        if self._log is not None:
+            self._log.log(rows)
         if self.files.checkpoint:
             checkpoint.save(self.files.checkpoint, self.state_dict())
             faults.kill_if_armed("epoch_end", self.epoch)
 
     def finish(self) -> None:
-        """The history CSV once more: a resumed run with nothing left to train writes it
-        from the checkpoint (the engines delete a stage's outputs before running it)."""
-        if self.files.history and self.history:
-            write_history(self.files.history, self.history)
+        """The run is over: DVCLive's closing summary."""
+        if self._log is not None:
+            self._log.end()
