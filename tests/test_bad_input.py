@@ -221,6 +221,13 @@ def set_cell(column: str, row: int, value: str):
     return edit
 
 
+def set_column(column: str, value: str):
+    def edit(rows):
+        i = rows[0].index(column)
+        return [rows[0]] + [row[:i] + [value] + row[i + 1:] for row in rows[1:]]
+    return edit
+
+
 def png_bomb(good_png: bytes) -> bytes:
     """A valid PNG header claiming 100000 x 100000 pixels (PIL refuses it as a decompression bomb)."""
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
@@ -399,6 +406,36 @@ CASES = [
     Case("houses-csv-saleprice-not-a-number", "prepare_houses", None,
          ("data/raw/houses/train.csv: column SalePrice must hold positive numbers", "re:Id \\[\\d+\\]"),
          setup=lambda c: edit_csv(c, "data/raw/houses/train.csv", set_cell("SalePrice", 3, "cheap"))),
+    Case("houses-csv-empty-id", "prepare_houses", None,
+         ("data/raw/houses/train.csv: line 6: empty Id; expected a unique integer Id in every row",),
+         setup=lambda c: edit_csv(c, "data/raw/houses/train.csv", set_cell("Id", 5, ""))),
+    Case("houses-csv-id-not-an-integer", "prepare_houses", None,
+         ("data/raw/houses/test.csv: line 3: Id 2.5 is not a 64-bit integer",),
+         setup=lambda c: edit_csv(c, "data/raw/houses/test.csv", set_cell("Id", 2, "2.5")), cli=True),
+    Case("houses-csv-id-a-word", "prepare_houses", None,
+         ("data/raw/houses/train.csv: line 2: Id 'one' is not a 64-bit integer",),
+         setup=lambda c: edit_csv(c, "data/raw/houses/train.csv", set_cell("Id", 1, "one"))),
+    Case("houses-csv-duplicate-id", "prepare_houses", None,  # test.csv's Ids run from 1461
+         ("data/raw/houses/test.csv: Id 1463 appears more than once (line 4 and line 8)",
+          "expected a unique integer Id in every row"),
+         setup=lambda c: edit_csv(c, "data/raw/houses/test.csv", set_cell("Id", 7, "1463"))),
+    Case("houses-csv-test-missing-id", "prepare_houses", None,
+         ("data/raw/houses/test.csv: missing required column(s) ['Id']",),
+         setup=lambda c: edit_csv(c, "data/raw/houses/test.csv", drop_column("Id"))),
+    Case("houses-csv-living-area-text", "prepare_houses", None,
+         ("data/raw/houses/train.csv: column GrLivArea holds 'big' and other text", "expected numbers (sq ft"),
+         setup=lambda c: edit_csv(c, "data/raw/houses/train.csv", set_column("GrLivArea", "big"))),
+    Case("houses-csv-too-few-rows-for-validation", "prepare_houses", None,
+         ("data/raw/houses/train.csv: 2 row(s) give 0 to the validation split and 2 to training "
+          "('houses.prepare.val_fraction' 0.2); expected at least one row in each",),
+         setup=lambda c: edit_csv(c, "data/raw/houses/train.csv", lambda rows: rows[:3]), cli=True),
+    Case("houses-csv-too-few-rows-for-training", "prepare_houses", {"houses.prepare.val_fraction": 0.9},
+         ("data/raw/houses/train.csv: 3 row(s) give 3 to the validation split and 0 to training "
+          "('houses.prepare.val_fraction' 0.9)",),
+         setup=lambda c: edit_csv(c, "data/raw/houses/train.csv", lambda rows: rows[:4])),
+    Case("houses-outliers-drop-every-training-row", "prepare_houses", {"houses.prepare.outlier_min_living_area": 1.0},
+         ("re:every one of the \\d+ training rows is over 1 sq ft and would be dropped",
+          "('houses.prepare.outlier_min_living_area', 'houses.prepare.drop_outliers')")),
     # ---- data: downloads and checksums
     Case("houses-folder-source-missing-file", "fetch_houses", None,
          ("{tmp}/houses/test.csv: file not found", "params 'houses.data.folder' must hold train.csv and test.csv"),

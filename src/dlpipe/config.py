@@ -16,8 +16,10 @@ momentum: 0.9, ...}`` takes a momentum and ``{name: adam, ...}`` refuses one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +28,23 @@ from typing import Literal
 import jsonschema
 import yaml
 
-from dlpipe.errors import PipelineError
+from dlpipe.errors import EXCERPT_CHARS, PipelineError, excerpt
 from dlpipe.schema import is_optional, key, params_schema, tag_of, tagged_members
 
 SCHEMA_RELPATH = Path("workflow/schemas/params.schema.yaml")  # written for Snakemake's validate
 
 POSITIVE = {"exclusiveMinimum": 0}
 FRACTION = {"exclusiveMinimum": 0, "exclusiveMaximum": 1}
+# Ceilings of what the code can take. Every number key must also be finite (no .nan, .inf):
+# validate_raw refuses those for all of them, whatever their bounds.
+SEED = {"minimum": 0, "maximum": 2**32 - 1}  # np.random.seed takes 0 .. 2**32 - 1
+SEED_TEXT = "an integer from 0 to 4294967295 (2**32 - 1, what NumPy's seeding takes)"
+MAX_WIDTH = 65_536  # units or channels of one layer: a 65536 x 65536 float32 layer is already 16 GiB
+MAX_BATCH = 65_536  # samples per batch
+MAX_EPOCHS = 100_000  # epochs (the longest run here is 300)
+MAX_STEPS = 1_000_000  # optimizer steps or batches
+WIDTHS = {"items": {"type": "integer", "minimum": 1, "maximum": MAX_WIDTH,
+                    "description": f"a layer width, 1 to {MAX_WIDTH} units"}}
 URL = {"pattern": "^(https?|file)://"}
 MD5 = "32 lowercase hex digits"
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "64 lowercase hex digits"}
@@ -46,9 +58,9 @@ LR_AUTO = "'auto' (use the LR range test's suggestion) or a number > 0"
 class LRRangeTest:
     """One LR range test (lr_find_<model> stage): an exponential or linear LR sweep."""
 
-    start_lr: float = key(**POSITIVE)
-    end_lr: float = key(**POSITIVE)
-    num_iter: int = key(minimum=5)
+    start_lr: float = key("the sweep's first LR, a number > 0", **POSITIVE)
+    end_lr: float = key("the sweep's last LR, a number > 0", **POSITIVE)
+    num_iter: int = key(f"LR steps of the sweep, 5 to {MAX_STEPS}", minimum=5, maximum=MAX_STEPS)
     step_mode: Literal["exp", "linear"] = key()
     smooth: float = key(minimum=0, exclusiveMaximum=1)  # exponential smoothing factor of the loss
     diverge_threshold: float = key(exclusiveMinimum=1)  # stop when smoothed loss > this x best loss
@@ -76,7 +88,7 @@ class PlainSchedule:
 @dataclass(frozen=True)
 class StepSchedule:
     name: Literal["step"] = key()
-    step_size: int = key(minimum=1)  # epochs between decays
+    step_size: int = key(f"epochs between decays, 1 to {MAX_EPOCHS}", minimum=1, maximum=MAX_EPOCHS)
     gamma: float = key(**FRACTION)  # decay factor
 
 
@@ -87,11 +99,13 @@ class Train:
     lr: float | Literal["auto"] = key(LR_AUTO, **POSITIVE)
     optimizer: SGD | Adam = key()
     schedule: PlainSchedule | StepSchedule = key()
-    batch_size: int = key(minimum=1)
-    epochs: int = key(minimum=1)
-    patience: int = key(minimum=0)  # epochs without a monitored gain before stopping; 0 = never
-    min_delta: float = key(minimum=0)  # smallest gain of the monitored metric that counts
-    max_batches: int | None = key("cap on batches per epoch (tiny test runs)", default=None, minimum=1)
+    batch_size: int = key(f"samples per batch, 1 to {MAX_BATCH}", minimum=1, maximum=MAX_BATCH)
+    epochs: int = key(f"a number of epochs, 1 to {MAX_EPOCHS}", minimum=1, maximum=MAX_EPOCHS)
+    patience: int = key(f"epochs without a monitored gain before stopping, 0 (never) to {MAX_EPOCHS}",
+                        minimum=0, maximum=MAX_EPOCHS)
+    min_delta: float = key(minimum=0)  # smallest gain of the monitored metric that counts, in its units
+    max_batches: int | None = key(f"cap on batches per epoch (tiny test runs), 1 to {MAX_STEPS}", default=None,
+                                  minimum=1, maximum=MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -131,8 +145,9 @@ class HousesData:
 
 @dataclass(frozen=True)
 class HousesPrepare:
-    val_fraction: float = key(**FRACTION)
-    split_seed: int = key(minimum=0)
+    val_fraction: float = key("the share of train.csv's rows held out for validation, 0 < x < 1 (at least one "
+                              "row each way)", **FRACTION)
+    split_seed: int = key(SEED_TEXT, **SEED)
     drop_outliers: bool = key()
     outlier_min_living_area: float = key(**POSITIVE)  # sq ft (GrLivArea)
     skew_threshold: float = key(minimum=0)  # |skewness| above which a numeric column gets log1p
@@ -140,7 +155,8 @@ class HousesPrepare:
 
 @dataclass(frozen=True)
 class MLPArch:
-    hidden: tuple[int, ...] = key(minItems=1, items={"type": "integer", "minimum": 1})
+    hidden: tuple[int, ...] = key(f"the hidden layers' widths, 1 to 64 layers of 1 to {MAX_WIDTH} units",
+                                  minItems=1, maxItems=64, **WIDTHS)
 
 
 @dataclass(frozen=True)
@@ -169,16 +185,15 @@ class ClassifierData:
 class ClassifierPrepare:
     val_fraction: float = key(**FRACTION)
     test_fraction: float = key(**FRACTION)  # digits only: CIFAR-10 has its official test batch
-    split_seed: int = key(minimum=0)
-
-
-PAIR_OF_WIDTHS = {"items": {"type": "integer", "minimum": 1}}
+    split_seed: int = key(SEED_TEXT, **SEED)
 
 
 @dataclass(frozen=True)
 class LeNetArch:
-    channels: tuple[int, int] = key("the two conv layers' output channels, e.g. [6, 16]", **PAIR_OF_WIDTHS)
-    hidden: tuple[int, int] = key("the two hidden fully connected widths, e.g. [120, 84]", **PAIR_OF_WIDTHS)
+    channels: tuple[int, int] = key(f"the two conv layers' output channels, e.g. [6, 16], each 1 to {MAX_WIDTH}",
+                                    **WIDTHS)
+    hidden: tuple[int, int] = key(f"the two hidden fully connected widths, e.g. [120, 84], each 1 to {MAX_WIDTH}",
+                                  **WIDTHS)
 
 
 @dataclass(frozen=True)
@@ -208,7 +223,7 @@ class TransferData:
     name: Literal["faces", "hymenoptera", "folder"] = key(
         "faces | hymenoptera | folder (your own ImageFolder at transfer.data.folder)")
     faces_val_fraction: float = key(minimum=0.05, maximum=0.5)  # faces: share of each class written to val/
-    split_seed: int = key(minimum=0)  # faces, and a folder without train/ and val/: the split's seed
+    split_seed: int = key(SEED_TEXT, **SEED)  # faces, and a folder without train/ and val/: the split's seed
     hymenoptera_url: str = key("an http(s):// or file:// URL of hymenoptera_data.zip", **URL)
     hymenoptera_md5: str = key(f"{MD5}, or empty (not checked)", pattern="^([0-9a-f]{32})?$")
     folder: str = key("name: folder -> a folder holding train/<class>/* and val/<class>/*, or one "
@@ -252,7 +267,8 @@ class TransferHead:
 
 @dataclass(frozen=True)
 class TransferFinetune:
-    lr_spread: float = key(minimum=1)  # the first layer group's LR is the last one's divided by this
+    # The first layer group's LR is the last one's divided by this.
+    lr_spread: float = key("a ratio of LRs, 1 to 1000000", minimum=1, maximum=1e6)
     lr_find: LRRangeTest = key()  # the LR of the last group (fc); used by train.lr: auto
     train: FinetuneTrain = key()
 
@@ -281,34 +297,42 @@ class GanData:
 
 @dataclass(frozen=True)
 class DCGANArch:
-    nz: int = key(minimum=1)  # size of the noise vector
-    ngf: int = key(minimum=1)  # generator width (channels of its last hidden layer)
-    ndf: int = key(minimum=1)  # discriminator width (channels of its first layer)
+    nz: int = key(f"size of the noise vector, 1 to {MAX_WIDTH}", minimum=1, maximum=MAX_WIDTH)
+    ngf: int = key(f"generator width (channels of its last hidden layer), 1 to {MAX_WIDTH}",
+                   minimum=1, maximum=MAX_WIDTH)
+    ndf: int = key(f"discriminator width (channels of its first layer), 1 to {MAX_WIDTH}",
+                   minimum=1, maximum=MAX_WIDTH)
     nc: Literal[1, 3, "auto"] = key("'auto' (1 for digits, 3 otherwise), 1 (grey) or 3 (colour)")
 
 
 @dataclass(frozen=True)
 class DCGANTrain:
-    epochs: int = key(minimum=1)
-    batch_size: int = key(minimum=2)
+    epochs: int = key(f"a number of epochs, 1 to {MAX_EPOCHS}", minimum=1, maximum=MAX_EPOCHS)
+    batch_size: int = key(f"images per batch, 2 to {MAX_BATCH}", minimum=2, maximum=MAX_BATCH)
     lr: float = key(**POSITIVE)
     beta1: float = key(minimum=0, exclusiveMaximum=1)
     beta2: float = key(minimum=0, exclusiveMaximum=1)
     grid_images: int = key(minimum=1, maximum=1024)  # fixed noise vectors drawn into every epoch's sample grid
     collapse_threshold: float = key(**FRACTION)  # D(G(z)) below this: the discriminator wins completely
-    collapse_patience: int = key(minimum=1)  # that many consecutive such steps are reported as a collapse
+    collapse_patience: int = key(f"consecutive collapsed steps reported as a collapse, 1 to {MAX_STEPS}",
+                                 minimum=1, maximum=MAX_STEPS)
     ema_decay: float = key("0 (no EMA) or a decay in (0, 1)", minimum=0, exclusiveMaximum=1)
     translation: float = key("DiffAugment shift, fraction of the image side (0 = off)", minimum=0, maximum=0.5)
     cutout: float = key("DiffAugment cutout square, fraction of the image side (0 = off)", minimum=0, maximum=1)
     r1_gamma: float = key("R1 gradient penalty weight (0 = off)", minimum=0)
-    r1_interval: int = key("R1 on every this-many-th D step, scaled by it (1 = every step)", minimum=1)
-    max_batches: int | None = key("cap on batches per epoch (tiny test runs)", default=None, minimum=1)
+    r1_interval: int = key("R1 on every this-many-th D step, scaled by it (1 = every step), 1 to 1000 steps",
+                           minimum=1, maximum=1000)
+    max_batches: int | None = key(f"cap on batches per epoch (tiny test runs), 1 to {MAX_STEPS}", default=None,
+                                  minimum=1, maximum=MAX_STEPS)
 
 
 @dataclass(frozen=True)
 class DCGANEvaluate:
-    fid_max_samples: int = key("cap on N, the size of each FID sample", minimum=2)
-    class_samples: int = key(minimum=1)  # generated images whose LeNet classes give min_class_share
+    fid_max_samples: int = key("cap on N, the size of each FID sample, 2 to 1000000 images",
+                               minimum=2, maximum=1_000_000)
+    # Generated in one tensor: 20000 colour 64 x 64 images are about 1 GiB of float32.
+    class_samples: int = key("generated images whose LeNet classes give min_class_share, 1 to 20000",
+                             minimum=1, maximum=20_000)
     inception_fid: bool = key("true = also torchmetrics' Inception FID (torch-fidelity and its weights "
                               "file must be present locally)")
 
@@ -318,7 +342,7 @@ class FeatureNet:
     """The LeNet of the DCGAN's metrics (train_fid_lenet): its own seed and recipe,
     so that no other experiment's knob moves the FID's feature space."""
 
-    seed: int = key(minimum=0)
+    seed: int = key(SEED_TEXT, **SEED)
     model: LeNetArch = key()
     augment: LeNetAugment = key()
     train: FixedLRTrain = key()
@@ -341,7 +365,7 @@ class DCGANSection:
 class Params:
     """params.yaml of the pipeline; every object refuses unknown keys."""
 
-    seed: int = key(minimum=0)
+    seed: int = key(SEED_TEXT, **SEED)
     device: str = key("auto | cpu | cuda | cuda:N | mps", pattern="^(auto|cpu|mps|cuda(:[0-9]+)?)$")
     threads: dict[str, int] = key(  # torch threads per stage name (dlpipe.workflow_graph.stage_threads)
         "{stage name: torch threads}, one entry per stage of dvc.yaml",
@@ -375,29 +399,68 @@ def schema() -> dict:
 # --------------------------------------------------------------------------- loading
 
 
+def spell(value: object) -> str:
+    """A value as a message quotes it: YAML's spelling of the non-finite floats, else its
+    repr, cut to an excerpt."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    return excerpt(repr(value))
+
+
+def _takes_number(schema: object) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    return (schema.get("type") in ("number", "integer")
+            or any(_takes_number(branch) for branch in schema.get("oneOf", [])))
+
+
 def _error_message(source: str, error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
+    path = ".".join(excerpt(str(p)) for p in error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = set(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - allowed)
+        unknown = sorted(set(error.instance) - allowed, key=str)
         where = f"with {error.schema['title']}" if "title" in error.schema else "here"
-        dotted = ".".join(filter(None, [path, unknown[0] if unknown else ""]))
+        dotted = ".".join(filter(None, [path, excerpt(str(unknown[0])) if unknown else ""]))
         return f"{source}: unknown key '{dotted}' (allowed {where}: {', '.join(sorted(allowed))})"
     if error.validator == "required":
         return f"{source}: {error.message} in '{path or '<top level>'}'"
+    parent = error.parent.schema if error.parent is not None else None
+    if (isinstance(error.instance, float) and not math.isfinite(error.instance)
+            and (_takes_number(error.schema) or _takes_number(parent))):
+        return f"{source}: '{path}': expected a finite number, got {spell(error.instance)}"
     expected = error.schema.get("description")
-    if not expected and error.parent is not None and isinstance(error.parent.schema, dict):
-        expected = error.parent.schema.get("description")  # one branch of a oneOf: what the key takes
-    message = f"{source}: '{path}': {error.message}"
+    if not expected and isinstance(parent, dict):
+        expected = parent.get("description")  # one branch of a oneOf: what the key takes
+    # jsonschema quotes the whole value (a long string, a whole section): quote its start.
+    what = error.message.replace(repr(error.instance), spell(error.instance))
+    message = f"{source}: '{path}': {excerpt(what, 2 * EXCERPT_CHARS)}"
     if expected:
         message += f"; expected {expected}"
     return message
 
 
+def _finite_number(checker, instance) -> bool:
+    # A float compares False with every bound: a NaN would pass "minimum" and "maximum".
+    return jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, "number") and (
+        not isinstance(instance, float) or math.isfinite(instance))
+
+
+def _integer(checker, instance) -> bool:
+    # JSON Schema's integer takes 5.0, which range() and torch do not.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    """The params schema's validator: every number finite, every integer an int."""
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"number": _finite_number, "integer": _integer})
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)(schema())
+
+
 def validate_raw(raw: object, source: str = "params.yaml") -> None:
     """Raise PipelineError naming the first offending key, if any."""
-    validator = jsonschema.Draft202012Validator(schema())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(raw))
     if error is not None:
         raise PipelineError(_error_message(source, error))
 
@@ -420,22 +483,111 @@ def _build(cls, value):
     return value
 
 
-def read_yaml(path: Path) -> object:
-    """params.yaml's plain data, or one PipelineError line saying why not."""
+MAX_PARAMS_BYTES = 1 << 20  # 1 MiB; params.yaml is about 14 KiB
+# Values (mappings, lists, scalars) once YAML's aliases are expanded: params.yaml holds
+# about 470. The cap stops an alias bomb ("billion laughs": 1 KiB of text naming 10**9 values)
+# before anything walks it.
+MAX_PARAMS_VALUES = 20_000
+STR_TAG, MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
+YAML_KINDS = {"int": "an integer", "float": "a number", "bool": "a boolean", "null": "null", "timestamp": "a date"}
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing what a params file must not hold: more than
+    MAX_PARAMS_VALUES values (aliases expanded), a key that is not a string, a key
+    given twice in one mapping (DVC refuses that file too; PyYAML keeps the last)."""
+
+    def __init__(self, text: str, source: str):
+        super().__init__(text)
+        self.source, self.composed = source, 0
+
+    def too_many(self) -> PipelineError:
+        return PipelineError(f"{self.source}: more than {MAX_PARAMS_VALUES} values once its YAML aliases "
+                             f"(*name) are expanded; expected a params file (params.yaml holds about 500)")
+
+    def compose_node(self, parent, index):
+        self.composed += 1  # stops a long file early, before the walk below counts the aliases
+        if self.composed > MAX_PARAMS_VALUES:
+            raise self.too_many()
+        return super().compose_node(parent, index)
+
+    def check(self, root: yaml.Node) -> None:
+        """Walk the document in file order, every alias expanded, counting values."""
+        stack, seen = [(root, "")], 0
+        while stack:
+            node, path = stack.pop()
+            seen += 1
+            if seen > MAX_PARAMS_VALUES:
+                raise self.too_many()
+            if isinstance(node, yaml.SequenceNode):
+                stack.extend((item, f"{path}.{i}".lstrip(".")) for i, item in reversed(list(enumerate(node.value))))
+            elif isinstance(node, yaml.MappingNode):
+                stack.extend(reversed(self._keyed(node, path)))
+
+    def _keyed(self, node: yaml.MappingNode, path: str) -> list[tuple[yaml.Node, str]]:
+        children, lines = [], {}
+        for key_node, value_node in node.value:
+            mark = key_node.start_mark
+            where = f"at line {mark.line + 1}, column {mark.column + 1}"
+            if key_node.tag == MERGE_TAG:  # <<: *defaults
+                children.append((value_node, path))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise PipelineError(f"{self.source}: '{path or '<top level>'}': a {key_node.id} is a key {where}; "
+                                    "expected string keys only")
+            if key_node.tag != STR_TAG:
+                kind = YAML_KINDS.get(key_node.tag.rsplit(":", 1)[-1], key_node.tag)
+                dotted = ".".join(filter(None, [path, excerpt(key_node.value)]))
+                raise PipelineError(f"{self.source}: '{dotted}': the key {excerpt(key_node.value)} {where} is read "
+                                    f"as {kind}, not a string; expected string keys only (quote it if it is one)")
+            name = key_node.value
+            dotted = ".".join(filter(None, [path, excerpt(name)]))
+            if name in lines:
+                raise PipelineError(f"{self.source}: '{dotted}': duplicate key {where} (first at line "
+                                    f"{lines[name]}); expected each key once in a mapping")
+            lines[name] = mark.line + 1
+            children.append((value_node, f"{path}.{name}".lstrip(".")))
+        return children
+
+
+def _read_text(path: Path) -> str:
     try:
-        return yaml.safe_load(path.read_text())
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PARAMS_BYTES + 1)  # never more: the file may be huge, or a pipe
     except FileNotFoundError:
         raise PipelineError(f"params file not found: {path}") from None
     except OSError as exc:  # a folder, no permission, ...
         raise PipelineError(f"{path}: cannot read the params file: {exc.strerror or exc}") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise PipelineError(f"{path}: the params file is larger than {MAX_PARAMS_BYTES >> 20} MiB; expected a "
+                            f"params file (params.yaml is about 14 KiB)")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise PipelineError(f"{path}: not valid YAML: not UTF-8 text") from None
+
+
+def read_yaml(path: Path) -> object:
+    """params.yaml's plain data, or one PipelineError line saying why not."""
+    text = _read_text(path)
+    try:
+        loader = ParamsLoader(text, str(path))  # its reader refuses control characters here
+        try:
+            node = loader.get_single_node()
+            if node is None:  # an empty file
+                return None
+            loader.check(node)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         # One line (the CLI prints one): PyYAML's own message spans several.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PipelineError(f"{path}: not valid YAML: {what}{where}") from None
+        raise PipelineError(f"{path}: not valid YAML: {excerpt(what, 2 * EXCERPT_CHARS)}{where}") from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise PipelineError(f"{path}: not valid YAML: nested too deeply; expected a params file") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -3,16 +3,26 @@
 Every output goes to a temporary file in the destination folder, is flushed to
 disk, then renamed over the target: a killed stage never leaves a half file
 that looks finished, and a failed stage leaves the previous output in place.
+
+Temporary folders (``atomic_dir``'s staging, ``scratch_dir``'s downloads) carry their
+owner in their name, host and pid: a run that was killed (SIGKILL, a lost node) leaves
+one behind, and the next run removes those whose process is gone, never one that a
+live process (another stage, another engine) is still filling.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -67,6 +77,78 @@ def write_text(target: str | Path, text: str) -> None:
         fh.write(text)
 
 
+# This host, as a temporary name can hold it: on a shared disk (a cluster) a pid means
+# something on its own host only.
+HOST = re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()).strip("-") or "host"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def sweep_stale(folder: Path, prefix: str) -> list[Path]:
+    """Remove ``folder/<prefix><host>-<pid>.*.tmp`` left by a process of this host that is
+    gone; keep those of live processes and of other hosts. Returns what was removed."""
+    owned = re.compile(rf"{re.escape(prefix)}(?P<host>[A-Za-z0-9-]+)-(?P<pid>[0-9]+)\.[^/]*\.tmp")
+    removed = []
+    for path in sorted(folder.glob(f"{glob.escape(prefix)}*.tmp")) if folder.is_dir() else []:
+        match = owned.fullmatch(path.name)
+        if not match or match["host"] != HOST or pid_alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def owned_tempdir(folder: Path, prefix: str) -> Path:
+    """A new folder ``folder/<prefix><host>-<pid>.<random>.tmp``, after removing the ones
+    of that prefix whose owner is gone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale(folder, prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{HOST}-{os.getpid()}.", suffix=".tmp", dir=folder))
+
+
+@contextlib.contextmanager
+def scratch_dir(folder: str | Path, prefix: str = ".download.") -> Iterator[Path]:
+    """A temporary folder in ``folder`` (the same disk as the output: a download goes
+    there, never into the output), removed on any exit."""
+    tmp = owned_tempdir(Path(folder), prefix)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (``kill``, an engine cancelling a job) raises SystemExit(143) in the main
+    thread while this block runs, so that every ``finally`` runs and temporary files go;
+    its default action ends the process on the spot. Elsewhere, or where another handler
+    is installed, nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def unwind(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Build a folder under a temporary name, then swap it in for ``target``.
@@ -80,7 +162,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     if old.exists() and not target.exists():
         # A kill between the two renames below: put the previous output back.
         os.replace(old, target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = owned_tempdir(target.parent, f".{target.name}.")
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; mkdir() would not
         yield tmp

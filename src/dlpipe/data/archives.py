@@ -1,6 +1,7 @@
 """Downloads and archives from the network: a streamed download with its length and
-md5 checked, and tar / zip extraction that checks every member before anything
-is written (no absolute paths, no '..', no links or devices). Every error is one
+md5 checked, a stall timeout and an overall deadline, and tar / zip extraction that
+checks every member before anything is written (no absolute paths, no '..', no links
+or devices, no member or archive larger than the caps). Every error is one
 ``PipelineError`` line naming the URL or the archive and the params key."""
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import shutil
+import socket
 import stat
 import tarfile
+import threading
 import urllib.error
 import urllib.request
 import zipfile
@@ -18,10 +21,17 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from dlpipe.errors import PipelineError
+from dlpipe.errors import PipelineError, excerpt
 
-TIMEOUT_S = 60  # per socket operation
+STALL_S = 60.0  # seconds without a byte (connecting, or any read) before a download is given up
+# Seconds for a whole download, connecting included: CIFAR-10's 163 MiB arrive in it at 46 KiB/s.
+# A server that trickles a byte now and then never stalls; this ends it.
+DEADLINE_S = 3600.0
 CHUNK = 1 << 20  # bytes per read
+# Bytes once extracted. The archives of params.yaml: CIFAR-10's largest member is 31 MB and
+# all of it 178 MB; the hymenoptera zip's members are pictures under 1 MB, 47 MB in all.
+MAX_MEMBER_BYTES = 1 << 30  # 1 GiB for one member
+MAX_ARCHIVE_BYTES = 8 << 30  # 8 GiB for all the members of one archive
 
 
 def unsafe_member_path(name: str) -> str | None:
@@ -35,31 +45,139 @@ def unsafe_member_path(name: str) -> str | None:
     return None
 
 
-def download(url: str, dest: Path, expected_md5: str, url_key: str, md5_key: str) -> str:
+def size_text(size: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f} {unit} ({size} bytes)"
+    return f"{size} bytes"
+
+
+class SizeBudget:
+    """The caps on what one archive may write: each member's size (as the archive
+    declares it, before it is read) is added here first, and refused beyond a cap."""
+
+    def __init__(self, label: str):
+        self.label, self.total = label, 0
+
+    def add(self, name: str, size: int) -> None:
+        if size > MAX_MEMBER_BYTES:
+            raise PipelineError(f"{self.label}: member {excerpt(repr(name))} is {size_text(size)} once extracted, "
+                                f"over the cap of {size_text(MAX_MEMBER_BYTES)} for one member; refusing to "
+                                "extract it (an archive bomb, or not the dataset?)")
+        self.total += size
+        if self.total > MAX_ARCHIVE_BYTES:
+            raise PipelineError(f"{self.label}: the members up to {excerpt(repr(name))} add up to "
+                                f"{size_text(self.total)} once extracted, over the cap of "
+                                f"{size_text(MAX_ARCHIVE_BYTES)} for one archive; refusing to extract it")
+
+
+class _Watchdog:
+    """Ends a download at its deadline: shuts down every socket it opened, so that a
+    read blocked on a trickling server returns at once."""
+
+    def __init__(self, deadline_s: float):
+        self.expired, self.sockets, self.lock = False, [], threading.Lock()
+        self.timer = threading.Timer(deadline_s, self.expire)
+        self.timer.daemon = True
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                self._shut(sock)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            if self.expired:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: under TLS too
+        except OSError:
+            pass
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener (proxies, redirects, https), its connections watched."""
+        watchdog = self
+
+        def watched(base):
+            class Connection(base):
+                def connect(self):
+                    super().connect()
+                    watchdog.watch(self.sock)
+            return Connection
+
+        http_class, https_class = watched(http.client.HTTPConnection), watched(http.client.HTTPSConnection)
+
+        class HTTPHandler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(http_class, req)
+
+        class HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(https_class, req)
+
+        return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+
+
+def download(url: str, dest: Path, expected_md5: str, url_key: str, md5_key: str,
+             stall_s: float | None = None, deadline_s: float | None = None) -> str:
     """Stream ``url`` to ``dest``, checking the length the server announced and the md5
-    (skipped when ``expected_md5`` is empty); returns the md5. Errors name the params keys."""
-    where = f"(params '{url_key}')"
+    (skipped when ``expected_md5`` is empty); returns the md5. A download that sends
+    nothing for ``stall_s`` or is not done within ``deadline_s`` seconds (defaults:
+    STALL_S, DEADLINE_S) is given up; on any failure ``dest`` is removed. Errors name
+    the params keys."""
+    stall_s = STALL_S if stall_s is None else stall_s
+    deadline_s = DEADLINE_S if deadline_s is None else deadline_s
+    watchdog = _Watchdog(deadline_s)
+    watchdog.timer.start()
     try:
-        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
+        return _download(url, dest, expected_md5, url_key, md5_key, stall_s, deadline_s, watchdog)
+    except BaseException:  # a failure, Ctrl-C, SIGTERM (see dlpipe.io.sigterm_unwinds): no partial file
+        dest.unlink(missing_ok=True)
+        raise
+    finally:
+        watchdog.timer.cancel()
+
+
+def _download(url, dest, expected_md5, url_key, md5_key, stall_s, deadline_s, watchdog) -> str:
+    where = f"(params '{url_key}')"
+    late = f"did not finish within its deadline of {deadline_s:g} s"
+    try:
+        response = watchdog.opener().open(url, timeout=stall_s)
     except urllib.error.HTTPError as exc:
         raise PipelineError(f"could not download {url}: HTTP {exc.code} {exc.reason} {where}") from None
-    except urllib.error.URLError as exc:
-        raise PipelineError(f"could not download {url}: {exc.reason} {where}") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise PipelineError(f"could not download {url}: {exc} {where}") from None
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if watchdog.expired:
+            reason = f"no answer: the download {late}"
+        elif isinstance(reason, TimeoutError):
+            reason = f"no answer within {stall_s:g} s"
+        raise PipelineError(f"could not download {url}: {reason} {where}") from None
     digest, received = hashlib.md5(), 0
     announced = response.headers.get("Content-Length")
     total = int(announced) if announced and announced.isdigit() else None
     try:
         with response, open(dest, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
                                                      desc=PurePosixPath(url).name, mininterval=1.0) as bar:
-            while block := response.read(CHUNK):
+            # read1: what one read of the socket brings, so that a stall counts the bytes before it.
+            while not watchdog.expired and (block := response.read1(CHUNK)):
                 out.write(block)
                 digest.update(block)
                 received += len(block)
                 bar.update(len(block))
     except (OSError, http.client.HTTPException) as exc:
-        raise PipelineError(f"download of {url} broke off after {received} bytes: {exc}") from None
+        if not watchdog.expired:
+            if isinstance(exc, TimeoutError):
+                raise PipelineError(f"download of {url} stalled: no data for {stall_s:g} s after {received} "
+                                    f"bytes {where}") from None
+            raise PipelineError(f"download of {url} broke off after {received} bytes: {exc}") from None
+    if watchdog.expired:
+        raise PipelineError(f"download of {url} {late}: {received} bytes"
+                            f"{f' of {total}' if total is not None else ''} had arrived {where}")
     if total is not None and received != total:
         raise PipelineError(f"download of {url} is truncated: {received} of {total} bytes")
     actual = digest.hexdigest()
@@ -85,14 +203,19 @@ def unsafe_tar_reason(member: tarfile.TarInfo) -> str | None:
 
 def safe_extract_tar(archive: Path, dest: Path, label: str) -> None:
     """Check every member first, then extract; any problem names the archive and member."""
+    budget = SizeBudget(label)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()  # reads to the end: a truncated archive fails here
-            for member in members:
+            members = []
+            # Header by header to the end (a truncated archive fails here): a member over
+            # the caps is refused as soon as its header is read, before its data is.
+            while (member := tar.next()) is not None:
                 reason = unsafe_tar_reason(member)
                 if reason:
-                    raise PipelineError(f"{label}: member {member.name!r} has {reason}; "
+                    raise PipelineError(f"{label}: member {excerpt(repr(member.name))} has {reason}; "
                                         "refusing to extract an archive that could write outside its folder")
+                budget.add(member.name, member.size)
+                members.append(member)
             # tarfile's own "data" filter as well, where this Python has it (3.11.4+).
             extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, members=members, **extra)
@@ -121,15 +244,20 @@ def safe_extract_zip(archive: Path, dest: Path, label: str) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
+            budget = SizeBudget(label)
             for info in members:
                 reason = unsafe_zip_reason(info)
                 if reason:
-                    raise PipelineError(f"{label}: member {info.filename!r} has {reason}; "
+                    raise PipelineError(f"{label}: member {excerpt(repr(info.filename))} has {reason}; "
                                         "refusing to extract an archive that could write outside its folder")
+                # zipfile stops reading a member at the size its directory declares (and then
+                # checks the CRC): the declared size bounds what is written.
+                budget.add(info.filename, info.file_size)
             for info in members:
                 target = (dest / info.filename.replace("\\", "/")).resolve()
                 if root not in target.parents and target != root:
-                    raise PipelineError(f"{label}: member {info.filename!r} would land outside {dest}; refused")
+                    raise PipelineError(f"{label}: member {excerpt(repr(info.filename))} would land outside {dest}; "
+                                        "refused")
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue

@@ -16,7 +16,6 @@ a wrong md5 or a bad archive leaves the previous data/raw/classifier as it was.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from dlpipe.config import ClassifierData
 from dlpipe.data.archives import download, safe_extract_tar
 from dlpipe.errors import PipelineError
-from dlpipe.io import atomic_dir, atomic_path, write_json
+from dlpipe.io import atomic_dir, atomic_path, scratch_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +60,8 @@ def fetch_cifar10(cfg: ClassifierData, dest: Path, scratch: Path) -> None:
 
 def fetch(cfg: ClassifierData, out_dir: Path) -> None:
     """Fill ``out_dir`` with the chosen dataset; on any failure it is left as it was."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # The download goes beside the output (same disk), never into the output itself.
-    with atomic_dir(out_dir) as staging, tempfile.TemporaryDirectory(prefix=".download.", dir=out_dir.parent) as tmp:
+    with atomic_dir(out_dir) as staging, scratch_dir(out_dir.parent) as tmp:
         if cfg.name == "digits":
             fetch_digits(staging)
         else:
-            fetch_cifar10(cfg, staging, Path(tmp))
+            fetch_cifar10(cfg, staging, tmp)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from dlpipe.errors import PipelineError
+from dlpipe.errors import PipelineError, excerpt
 
 ID, TARGET = "Id", "SalePrice"
 LIVING_AREA = "GrLivArea"  # sq ft above ground; the outlier criterion
@@ -48,6 +48,10 @@ def check_columns(train: pd.DataFrame, test: pd.DataFrame, train_name: str, test
     extra = sorted(set(train.columns) - set(test.columns) - {TARGET})
     if extra:
         raise PipelineError(f"{test_name}: lacks feature column(s) {extra} that {train_name} has")
+    if not pd.api.types.is_numeric_dtype(train[LIVING_AREA]):  # compared with a number of sq ft
+        value = train[LIVING_AREA].dropna().iloc[0]
+        raise PipelineError(f"{train_name}: column {LIVING_AREA} holds {excerpt(repr(value))} and other text; "
+                            "expected numbers (sq ft of above-ground living area)")
     prices = pd.to_numeric(train[TARGET], errors="coerce")
     bad = train.loc[~np.isfinite(prices) | (prices <= 0), ID].tolist()
     if bad:
@@ -64,6 +68,47 @@ def check_columns(train: pd.DataFrame, test: pd.DataFrame, train_name: str, test
             row = numbers.isna().idxmax()
             raise PipelineError(f"{train_name}: non-numeric values in numeric column(s) ['{col}'], "
                                 f"e.g. {values[row]!r} in the row with Id {train.loc[row, ID]}; expected numbers")
+
+
+ID_EXPECTED = "expected a unique integer Id in every row"
+FRACTION_KEY = "houses.prepare.val_fraction"
+
+
+def check_ids(frame: pd.DataFrame, name: str, lines: list[int] | None = None) -> None:
+    """Every row's Id an integer (int64), none empty, none twice: an empty Id would be
+    stored as -2**63 and a duplicated one pass unseen. ``lines``: each row's line in the file."""
+    if ID not in frame.columns:
+        return  # check_columns names the missing column
+
+    def where(row: int) -> str:
+        return f"line {lines[row]}" if lines else f"data row {row + 1}"
+
+    values = frame[ID]
+    numbers = pd.to_numeric(values, errors="coerce")
+    if not pd.api.types.is_integer_dtype(numbers):  # an empty cell (NaN), a word, a fraction
+        numbers = numbers.astype("float64")
+    whole = numbers.notna() & np.isfinite(numbers) & (numbers == np.floor(numbers)) & (numbers.abs() < 2**63)
+    if not whole.all():
+        row = int(np.flatnonzero(~whole.to_numpy())[0])
+        value = values.iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value  # 2.5, not np.float64(2.5)
+        what = "empty Id" if pd.isna(value) else f"Id {excerpt(repr(value))} is not a 64-bit integer"
+        raise PipelineError(f"{name}: {where(row)}: {what}; {ID_EXPECTED}")
+    twice = numbers.duplicated(keep=False).to_numpy()
+    if twice.any():
+        first = int(np.flatnonzero(twice)[0])
+        second = int(np.flatnonzero(twice & (numbers.to_numpy() == numbers.iloc[first]))[1])
+        raise PipelineError(f"{name}: Id {int(numbers.iloc[first])} appears more than once ({where(first)} and "
+                            f"{where(second)}); {ID_EXPECTED}")
+
+
+def check_rows(n_rows: int, val_fraction: float, name: str) -> None:
+    """The split keeps at least one row for validation and one for training."""
+    n_train, n_val = split_sizes(n_rows, val_fraction)
+    if n_val < 1 or n_train < 1:
+        raise PipelineError(f"{name}: {n_rows} row(s) give {n_val} to the validation split and {n_train} to "
+                            f"training ('{FRACTION_KEY}' {val_fraction}); expected at least one row in each: "
+                            "more rows, or another fraction")
 
 
 def _is_numeric(col: str, series: pd.Series) -> bool:
@@ -106,8 +151,14 @@ def transform(spec: FeatureSpec, frame: pd.DataFrame, name: str) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
+def split_sizes(n_rows: int, val_fraction: float) -> tuple[int, int]:
+    """(training rows, validation rows) of ``split_indices``."""
+    n_val = int(round(n_rows * val_fraction))
+    return n_rows - n_val, n_val
+
+
 def split_indices(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic shuffled split; returns sorted row positions (train, val)."""
     order = np.random.default_rng(seed).permutation(n_rows)
-    n_val = int(round(n_rows * val_fraction))
+    n_val = split_sizes(n_rows, val_fraction)[1]
     return np.sort(order[n_val:]), np.sort(order[:n_val])

