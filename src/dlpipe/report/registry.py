@@ -173,9 +173,7 @@ MODELS: tuple[Model, ...] = (
         summary="DCGAN generator and discriminator (N(0, 0.02) init, BCE, Adam 2e-4, beta1 0.5); the same "
                 "fixed noise drawn after every epoch; FID measured in the pipeline LeNet's feature space.",
         metrics=out("evaluate_dcgan", "METRICS"),
-        headline=(Headline("fid", "FID (LeNet features)", "lower"),
-                  Headline("fid_floor", "FID floor (real vs real)"),
-                  Headline("fid_ceiling", "FID ceiling (untrained generator)")),
+        headline=(Headline("fid", "FID (LeNet features)", "lower"),),
         more_metrics=(out("evaluate_dcgan", "DETAILS"), out("_dcgan", "TRAIN_RECORD")),
         params=("dcgan",),
         # per-epoch means of the per-step series (which `dvc plots` draws per step)
