@@ -105,3 +105,11 @@ def test_the_summary_holds_the_step_and_the_named_series_and_every_series_is_kep
     log.end()
     assert json.loads((folder / "metrics.json").read_text()) == {"val_accuracy": ROWS[-1]["val_accuracy"], "step": 5}
     assert live.read_history(folder, "epoch") == ROWS
+
+
+def test_a_new_run_that_fails_before_its_first_row_leaves_the_folder_alone(tmp_path, uninterrupted):
+    """Another run (other params: its checkpoint will not resume) that stops in its first
+    epoch: the folder still holds the run of the checkpoint it did not replace."""
+    folder = tmp_path / "whole"
+    live.TrainingLog(folder, "epoch", [])  # opened fresh, then the run fails: nothing logged
+    assert files(folder) == uninterrupted

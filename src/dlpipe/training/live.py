@@ -84,18 +84,27 @@ class TrainingLog:
 
     def __init__(self, directory: Path, step_key: str, history: list[dict], summary: tuple[str, ...] = ()):
         """``summary``: the series metrics.json holds besides the step (empty: all)."""
-        from dvclive import Live
-
         # DVCLive's INFO lines ("Logging to experiment ...", a random name under plain
         # `dvc repro`) say nothing about this run; its warnings still show.
         logging.getLogger("dvclive").setLevel(logging.WARNING)
         self.step_key = step_key
         self.summary = summary
+        self.directory = directory
+        self.live = None
         logged = self._logged_prefix(directory, history)
+        if logged:
+            self.live = self._open(resume=True)
+        # A fresh folder is started (and the old one cleared) only when the first row is
+        # logged: a run that fails in its first epoch leaves the folder of the checkpoint
+        # it did not replace.
+        self.log(history[logged:])
+
+    def _open(self, resume: bool):
+        from dvclive import Live
+
         # save_dvc_exp: no `dvc exp save` from inside a stage; dvcyaml: dvc.yaml is generated
         # from the stage declarations; report: the pipeline renders its own.
-        self.live = Live(str(directory), resume=logged > 0, save_dvc_exp=False, dvcyaml=False, report=None)
-        self.log(history[logged:])
+        return Live(str(self.directory), resume=resume, save_dvc_exp=False, dvcyaml=False, report=None)
 
     def _logged_prefix(self, directory: Path, history: list[dict]) -> int:
         """How many of ``history``'s rows the folder already holds, cell for cell (0: start it afresh)."""
@@ -121,6 +130,9 @@ class TrainingLog:
             return
         from dvclive.vscode import mark_dvclive_step_completed
 
+        if self.live is None:
+            self.live = self._open(resume=False)
+
         for row in rows:
             self.live.step = row[self.step_key]
             for name, value in row.items():
@@ -134,6 +146,8 @@ class TrainingLog:
         mark_dvclive_step_completed(self.live.step)  # the VS Code extension's live plots
 
     def end(self) -> None:
+        if self.live is None:  # nothing was logged: an empty folder, as DVCLive leaves one
+            self.live = self._open(resume=False)
         self.live.end()
 
 
