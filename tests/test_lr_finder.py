@@ -9,6 +9,7 @@ which nothing moves.
 """
 
 import json
+import logging
 
 import matplotlib
 import numpy as np
@@ -19,6 +20,7 @@ from torch_lr_finder import LRFinder
 from dlpipe.config import LRRangeTest
 from dlpipe.data.houses_fetch import extract_from_wheel
 from dlpipe.data.loaders import TensorLoader
+from dlpipe.pictures.lr_plot import cautions, plot_lr_find
 from dlpipe.stages import (_houses, _lenet, _transfer, fetch_classifier, fetch_houses, fetch_transfer, lr_find_houses,
                            lr_find_lenet, lr_find_transfer_finetune, lr_find_transfer_head, prepare_classifier,
                            prepare_houses, prepare_transfer, pretrain_transfer_backbone, train_transfer_head)
@@ -216,7 +218,7 @@ def test_a_low_first_batch_is_not_the_minimum():
     assert lrs[30] / 10 > lrs[0]
 
 
-def test_disagreeing_rules_are_flagged_in_the_record(tmp_path):
+def test_disagreeing_rules_are_flagged_in_the_record_and_the_log(tmp_path, caplog):
     """The span is that of the rules' own picks, before the guard."""
     losses = noisy_bottom(0)
     record = {"lrs": SWEEP.tolist(), "losses": losses.tolist(), **lr_finder.suggest(SWEEP, losses, "steepest")}
@@ -227,13 +229,19 @@ def test_disagreeing_rules_are_flagged_in_the_record(tmp_path):
                                       "flagged": True}
     lr_finder.save_result(record, tmp_path / "model.json")
     assert json.loads((tmp_path / "model.json").read_text())["disagreement"]["flagged"] is True
+    with caplog.at_level(logging.WARNING, logger="dlpipe.pictures.lr_plot"):
+        plot_lr_find(record, tmp_path / "model.png", "model")  # what every lr_find stage runs after save_result
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and all(str(tmp_path / "model.png") in line for line in warned)
+    assert "at or past the loss minimum" in warned[0] and "the rules disagree" in warned[1]
 
 
-def test_agreeing_rules_are_not_flagged():
+def test_agreeing_rules_raise_no_caution():
     record, *_ = run_range_test()  # least squares: every rule lands within a decade below the edge at 1
     picks = list(record["rules"].values())
     assert max(picks) / min(picks) == pytest.approx(record["disagreement"]["ratio"])
     assert not record["disagreement"]["flagged"] and record["past_min"] == []
+    assert cautions(record) == []
 
 
 # --------------------------------------------------------------------------- the real stages, on tiny data
