@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from conftest import LocalServer, set_key
-from dlpipe.config import ClassifierData, load_params
+from dlpipe.config import ClassifierData, Params, load_params
 from dlpipe.data import classifier_convert as cc
 from dlpipe.data.classifier_fetch import RAW_DIR, fetch
 from dlpipe.data.classifier_prepared import PREPARED_DIR, load_meta, load_split
@@ -42,6 +42,16 @@ def make_params(folder: Path, overrides: dict):
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_params(path)
+
+
+def run_stages(folder: Path, overrides: dict, stages) -> Params:
+    """Each stage's main, in order, in ``folder`` on make_params(folder, overrides); those params."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        params = make_params(folder, overrides)
+        for stage in stages:
+            stage.main(params)
+    return params
 
 
 # --------------------------------------------------------------------------- tiny CIFAR-10

@@ -13,11 +13,13 @@ from __future__ import annotations
 import html.parser
 import json
 import math
+import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -25,6 +27,7 @@ from chromium import Browser
 from conftest import clone_run
 from dlpipe.report import compare, page
 from dlpipe.report.registry import MODELS
+from dlpipe.training import lr_finder
 from dlpipe.training.lr_finder import curve_path
 from dlpipe.workflow_graph import load_stages
 
@@ -156,6 +159,39 @@ def test_outside_git_the_page_shows_values_alone(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     head, comparison = compare.compare(tmp_path)
     assert head is None and "no commit yet" in comparison.note
+
+
+def lr_record(losses: np.ndarray, rule: str) -> dict:
+    lrs = np.logspace(-5, 0, len(losses))
+    return {"lrs": lrs.tolist(), "losses": losses.tolist(), **lr_finder.suggest(lrs, losses, rule)}
+
+
+def test_disagreeing_rules_are_marked_beside_their_range_test(tmp_path):
+    """A record whose rules disagree gets its cautions printed in its own card; one whose
+    rules agree gets none."""
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    x = np.linspace(-5, 0, 100)  # log10 of the swept LR
+    # Flat, a fall over one decade, a rise: the rules agree.
+    descent = np.select([x < -3, x < -2], [2.0, 2.0 - 1.5 * (x + 3)], 0.5 + 5 * (x + 2) ** 2)
+    spiked = 1.0 - 0.5 * np.tanh((x + 3) / 1.0) + 3 * np.clip(x + 1, 0, None) ** 2
+    spiked[int(np.argmin(spiked)) + 2] += 0.5  # its fall fools the steepest point past the minimum
+    records = {"houses": lr_record(spiked, "steepest"), "lenet": lr_record(descent, "valley")}
+    assert records["houses"]["disagreement"]["flagged"] and records["houses"]["past_min"] == ["steepest"]
+    assert not records["lenet"]["disagreement"]["flagged"] and not records["lenet"]["past_min"]
+    by_name = {model.name: model for model in MODELS}
+    for name, record in records.items():
+        for path, value in ((by_name[name].metrics, {"value": 1.0}), (by_name[name].lr_finds[0].json, record)):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(json.dumps(value))
+    html_text = page.build(yaml.safe_load((REPO / "params.yaml").read_text()), tmp_path)
+    cards = {card[card.index("<h3>") + 4:card.index("</h3>")]: card for card in html_text.split('<div class="card')[1:]
+             if "<h3>" in card}
+    houses = cards[f"LR range test: {by_name['houses'].lr_finds[0].label}"]
+    cautions = re.findall(r'<p class="note caution">(.*?)</p>', houses)
+    assert len(cautions) == 2
+    assert "at or past the loss minimum" in cautions[0] and "the rules disagree" in cautions[1]
+    assert f"{records['houses']['disagreement']['ratio']:.3g}x" in cautions[1]
+    assert 'class="note caution"' not in cards[f"LR range test: {by_name['lenet'].lr_finds[0].label}"]
 
 
 def test_numbers_are_shown_for_people():

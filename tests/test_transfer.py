@@ -29,7 +29,7 @@ from dlpipe.training.loop import predict
 from dlpipe.training import live
 from dlpipe.training.schedules import build_optimizer, build_scheduler
 from dlpipe.workflow_graph import load_stages
-from test_classifier_data import make_params
+from test_classifier_data import make_params, run_stages
 from test_transfer_data import image_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,11 +58,7 @@ def history(stage: str, root: Path = Path(".")) -> list[dict]:
 def tiny_run(tmp_path_factory):
     """Every transfer stage once, on tiny params; tests only read this folder."""
     root = tmp_path_factory.mktemp("transfer_run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        params = make_params(root, TINY)
-        for stage in STAGES:
-            stage.main(params)
+    run_stages(root, TINY, STAGES)
     return root
 
 

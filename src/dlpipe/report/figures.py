@@ -13,6 +13,8 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dlpipe.pictures.lr_plot import mark_suggestions  # noqa: E402
+
 STYLE = {
     "figure.dpi": 100,
     "font.size": 9,
@@ -25,7 +27,6 @@ STYLE = {
     "legend.frameon": False,
 }
 USED_COLOR = "tab:red"
-RULE_COLORS = {"valley": "tab:green", "steepest": "tab:orange", "min_div_10": "tab:purple"}  # as lr_plot's
 # Line colours by column, so a metric keeps its colour across models.
 SERIES_COLORS = {"train_loss": "tab:blue", "val_loss": "tab:orange", "val_rmsle": "tab:orange",
                  "val_accuracy": "tab:green", "lr": "tab:grey"}
@@ -46,15 +47,13 @@ class UsedLR:
 
 
 def lr_find_figure(record: dict, title: str, used: UsedLR) -> bytes:
-    """Loss against LR (log x), every rule's suggestion (the chosen one solid), the LR training used."""
+    """Loss against LR (log x), every rule's pick and the suggestion (lr_plot.mark_suggestions),
+    the LR training used."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.2, 4.6))
         ax.plot(record["lrs"], record["losses"], color="tab:blue", lw=1.6, label="smoothed training loss")
         ax.set_xscale("log")
-        for rule, lr in record.get("suggestions", {}).items():
-            chosen = rule == record.get("rule")
-            ax.axvline(lr, color=RULE_COLORS.get(rule, "grey"), ls="-" if chosen else ":", lw=1.6 if chosen else 1,
-                       label=f"{rule}{' (chosen rule)' if chosen else ''}: {lr:.3g}")
+        mark_suggestions(ax, record, ".3g")
         if used.value is not None:
             ax.axvline(used.value, color=USED_COLOR, ls="--", lw=1.4, label=f"used in training: {used.value:.3g}")
         lrs = np.asarray(record["lrs"], dtype=float)

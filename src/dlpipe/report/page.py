@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dlpipe.pictures import lr_plot
 from dlpipe.report import figures
 from dlpipe.report.compare import Comparison, compare
 from dlpipe.report.registry import MODELS, Model
@@ -193,8 +194,10 @@ def picture_name(path: Path) -> str:
     return f"{match.group(1).replace('_', ' ')} {match.group(2)}".strip() if match else path.stem.replace("_", " ")
 
 
-def _figure(title: str, png: bytes, caption: str = "", wide: bool = False) -> dict:
-    return {"kind": "figure", "title": title, "src": data_uri(png), "caption": caption, "wide": wide}
+def _figure(title: str, png: bytes, caption: str = "", wide: bool = False, cautions: list[str] = ()) -> dict:
+    """``cautions``: lines printed in the figure's card, marked, above the picture."""
+    return {"kind": "figure", "title": title, "src": data_uri(png), "caption": caption, "wide": wide,
+            "cautions": list(cautions)}
 
 
 def _table(title: str, header: list[str], rows: list[list[str]], numeric: bool = True, wide: bool = False) -> dict:
@@ -300,7 +303,8 @@ def model_section(model: Model, outs: set[str], raw: dict, root: Path, notes: li
             caption = (f"Suggested by the {record.get('rule')} rule: {record['suggested_lr']:.3g}. "
                        + (f"Training used {used.value:.3g} ({used.how})." if used.value is not None else ""))
             section.blocks.append(_figure(f"LR range test: {lr.label}", figures.lr_find_figure(
-                record, f"{model.title} ({lr.label})" if len(model.lr_finds) > 1 else model.title, used), caption))
+                record, f"{model.title} ({lr.label})" if len(model.lr_finds) > 1 else model.title, used), caption,
+                cautions=lr_plot.cautions(record)))
 
     present_histories = [h for h in model.histories if present(h.series)]
     frames = [history_frame(root / h.live, h.per_step) for h in present_histories]

@@ -37,4 +37,4 @@ def main(params: Params) -> None:
     record = lr_finder.range_test(model, optimizer, log_price_regression().loss_fn, train_loader, cfg, device)
     lr_finder.save_result(record, LR_FIND_JSON)
     plot_lr_find(record, LR_FIND_JSON.with_suffix(".png"), "houses MLP")
-    log.info("houses LR range test: %s -> %.4g", record["suggestions"], record["suggested_lr"])
+    log.info("houses LR range test: %s -> %.4g", record["rules"], record["suggested_lr"])

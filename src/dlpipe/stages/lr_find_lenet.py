@@ -38,4 +38,4 @@ def main(params: Params) -> None:
     record = lr_finder.range_test(model, optimizer, classification().loss_fn, loader, params.lenet.lr_find, device)
     lr_finder.save_result(record, LR_FIND_JSON)
     plot_lr_find(record, LR_FIND_JSON.with_suffix(".png"), f"LeNet on {meta['dataset']}")
-    log.info("LeNet LR range test: %s -> %.4g", record["suggestions"], record["suggested_lr"])
+    log.info("LeNet LR range test: %s -> %.4g", record["rules"], record["suggested_lr"])

@@ -44,4 +44,4 @@ def main(params: Params) -> None:
     lr_finder.save_result(record, FINETUNE_LR_JSON)
     plot_lr_find(record, FINETUNE_LR_JSON.with_suffix(".png"), f"ResNet18 fine-tuning (fc LR) on {meta['dataset']}")
     log.info("transfer fine-tuning LR range test (fc LR; groups x %s): %s -> %.4g",
-             [round(r, 4) for r in record["lr_ratios"]], record["suggestions"], record["suggested_lr"])
+             [round(r, 4) for r in record["lr_ratios"]], record["rules"], record["suggested_lr"])

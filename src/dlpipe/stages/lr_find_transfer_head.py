@@ -40,5 +40,5 @@ def main(params: Params) -> None:
                                   params.transfer.head.lr_find, device)
     lr_finder.save_result(record, HEAD_LR_JSON)
     plot_lr_find(record, HEAD_LR_JSON.with_suffix(".png"), f"ResNet18 head on {meta['dataset']}")
-    log.info("transfer head LR range test (backbone: %s): %s -> %.4g", source, record["suggestions"],
+    log.info("transfer head LR range test (backbone: %s): %s -> %.4g", source, record["rules"],
              record["suggested_lr"])

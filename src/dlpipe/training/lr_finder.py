@@ -10,7 +10,17 @@ Rules, all on the recorded (smoothed) curve:
 - ``valley`` (fastai's default): the longest stretch over which the loss keeps
   falling, and the LR a half of that stretch past its first third;
 - ``steepest``: the most negative slope of loss against log10(LR);
-- ``min_div_10``: the LR of the lowest loss, divided by 10.
+- ``min_div_10``: the LR of the lowest loss (past the first SKIP_START points),
+  divided by 10.
+
+Every rule's pick then passes one guard: a pick at or beyond the LR of the
+lowest loss, where the loss already rises toward divergence, is replaced by
+that LR / 10 (``min_div_10``'s pick, a decade below the minimum). The steepest
+slope and the longest descent can both land there on a noisy curve: the fall
+back from a spike just past the minimum can be the steepest slope, and a loss
+recovering from a spike the longest descent. Of the fall-backs, the minimum / 10
+is always below the minimum by a fixed factor, where another rule's pick may
+itself lie past it.
 """
 
 from __future__ import annotations
@@ -33,6 +43,13 @@ from dlpipe.io import write_json
 log = logging.getLogger(__name__)
 
 RULES = ("valley", "steepest", "min_div_10")
+# Points skipped at the start and at the end, as torch-lr-finder's plot does: the
+# smoothed loss starts at one batch's loss (so the first points say little), and
+# the last ones are the divergence.
+SKIP_START, SKIP_END = 10, 5
+# Rules whose picks span more than this factor (largest / smallest) disagree: the
+# curve has no clear descent, and ``lr: auto`` deserves a look at it.
+DISAGREEMENT_FACTOR = 10.0
 
 
 class _LoaderIter(TrainDataLoaderIter):
@@ -68,17 +85,34 @@ def suggest_valley(lrs: np.ndarray, losses: np.ndarray) -> float:
     return float(lrs[best_start + int(third) + int(third / 2)])
 
 
-def suggest_steepest(lrs: np.ndarray, losses: np.ndarray, skip_start: int = 10, skip_end: int = 5) -> float:
+def _skips(n: int) -> tuple[int, int]:
+    """(SKIP_START, SKIP_END), or no skips on a curve too short to spare them (tiny runs)."""
+    return (SKIP_START, SKIP_END) if n > SKIP_START + SKIP_END + 2 else (0, 0)
+
+
+def suggest_steepest(lrs: np.ndarray, losses: np.ndarray) -> float:
     """Skips the noisy first points and the divergence at the end, as torch-lr-finder does."""
-    if len(lrs) <= skip_start + skip_end + 2:
-        skip_start, skip_end = 0, 0
+    skip_start, skip_end = _skips(len(lrs))
     window = slice(skip_start, len(lrs) - skip_end)
     slope = np.gradient(losses[window], np.log10(lrs[window]))
     return float(lrs[window][int(np.argmin(slope))])
 
 
+def lr_at_min(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """The LR of the lowest smoothed loss, past the first SKIP_START points: a low first
+    batch would otherwise make the curve's start its minimum, though the loss never fell."""
+    skip_start, _ = _skips(len(lrs))
+    return float(lrs[skip_start + int(np.argmin(losses[skip_start:]))])
+
+
 def suggest_min_div_10(lrs: np.ndarray, losses: np.ndarray) -> float:
-    return float(lrs[int(np.argmin(losses))] / 10)
+    return lr_at_min(lrs, losses) / 10
+
+
+def below_min(pick: float, lrs: np.ndarray, losses: np.ndarray) -> float:
+    """The guard every rule's pick passes (module docstring): kept if below the LR of
+    the lowest loss, else that LR / 10."""
+    return pick if pick < lr_at_min(lrs, losses) else suggest_min_div_10(lrs, losses)
 
 
 SUGGESTERS = {"valley": suggest_valley, "steepest": suggest_steepest, "min_div_10": suggest_min_div_10}
@@ -129,12 +163,26 @@ def range_test(model, optimizer, loss_fn, loader, cfg: LRRangeTest, device: torc
     if len(lrs) < 5:
         raise PipelineError(f"LR range test: only {len(lrs)} finite losses recorded; "
                             "lower lr_find start_lr or raise diverge_threshold")
-    suggestions = {rule: SUGGESTERS[rule](lrs, losses) for rule in RULES}
     return {
-        "lrs": lrs.tolist(), "losses": losses.tolist(), "suggestions": suggestions,
-        "rule": cfg.rule, "suggested_lr": suggestions[cfg.rule],
+        "lrs": lrs.tolist(), "losses": losses.tolist(), **suggest(lrs, losses, cfg.rule),
         "diverged": bool(len(lrs) < cfg.num_iter), "step_mode": cfg.step_mode,
         **({"lr_ratios": [float(r) for r in lr_ratios]} if lr_ratios is not None else {}),
+    }
+
+
+def suggest(lrs: np.ndarray, losses: np.ndarray, rule: str) -> dict:
+    """The record's suggestion keys: ``rules``, each rule's own pick; ``suggestions``, each
+    rule's pick after the guard (what ``lr: auto`` would take with that rule); ``suggested_lr``,
+    the chosen rule's; ``past_min``, the rules the guard overrode; ``disagreement``, the span
+    of the rules' own picks (largest / smallest) and whether it exceeds DISAGREEMENT_FACTOR."""
+    picks = {name: SUGGESTERS[name](lrs, losses) for name in RULES}
+    suggestions = {name: below_min(pick, lrs, losses) for name, pick in picks.items()}
+    ratio = max(picks.values()) / min(picks.values())
+    return {
+        "rules": picks, "suggestions": suggestions, "rule": rule, "suggested_lr": suggestions[rule],
+        "lr_at_min": lr_at_min(lrs, losses),
+        "past_min": [name for name in RULES if suggestions[name] != picks[name]],  # below_min replaced them
+        "disagreement": {"ratio": ratio, "factor": DISAGREEMENT_FACTOR, "flagged": bool(ratio > DISAGREEMENT_FACTOR)},
     }
 
 
