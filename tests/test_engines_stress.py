@@ -312,7 +312,9 @@ def test_snakemake_cores_2_overlaps_jobs_with_private_temp_files_and_serial_outp
         for src, dst in proc["renames"]:
             assert src.startswith(root) and dst.startswith(root), (src, dst)
             assert Path(src).parent == Path(dst).parent, (src, dst)  # same folder: rename is atomic
-            assert re.fullmatch(rf"\.{re.escape(Path(dst).name)}\.[A-Za-z0-9_]{{8}}\.tmp", Path(src).name), (src, dst)
+            # .<name>.<random>.tmp, or .<name>.<host>-<pid>.<random>.tmp (a folder: its owner in its name)
+            assert re.fullmatch(rf"\.{re.escape(Path(dst).name)}\.(?:[A-Za-z0-9_-]+-\d+\.)?[A-Za-z0-9_]{{8}}\.tmp",
+                                Path(src).name), (src, dst)
             temp_names.append(src)
             owners[src].add(proc["stage"])
             owners[dst].add(proc["stage"])

@@ -183,7 +183,7 @@ def test_tiny_run_writes_the_output_contract(tiny_run):
     assert all(isinstance(v, (int, float)) for v in metrics.values())  # flat numbers
     assert 0 <= metrics["test_accuracy"] <= 1
     assert metrics["test_images"] == meta["sizes"]["test"]
-    per_class = pd.read_csv(root / "reports/plots/lenet/class_accuracy.csv")
+    per_class = pd.read_csv(root / "reports/plots/lenet/class_accuracy.csv", dtype={"class": str})
     assert list(per_class["class"]) == meta["class_names"]  # digits: every class is in the test split
     assert per_class["images"].sum() == metrics["test_images"]
     assert (per_class["accuracy"] * per_class["images"]).sum() / metrics["test_images"] == pytest.approx(

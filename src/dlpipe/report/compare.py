@@ -158,7 +158,8 @@ def compare(root: Path = Path(".")) -> tuple[Commit | None, Comparison]:
     changed = {path: {key: (entry.get("old"), entry.get("new")) for key, entry in keys.items() if isinstance(entry, dict)}
                for path, keys in (params or {}).items() if isinstance(keys, dict)}
     comparison = Comparison(baseline, commit_info(root, baseline), metrics, changed, note)
-    comparison.missing = {path: why_missing(root, baseline, path) for path, keys in metrics.items()
+    # sorted: DVC's JSON lists the files in no fixed order, and the page is made byte for byte
+    comparison.missing = {path: why_missing(root, baseline, path) for path, keys in sorted(metrics.items())
                           if keys and all(c.old is None for c in keys.values())}
     if not any(c.old is not None for keys in metrics.values() for c in keys.values()):
         comparison.note = f"{baseline} has no metrics DVC can read; values are shown alone."
