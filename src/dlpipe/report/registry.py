@@ -148,10 +148,12 @@ MODELS: tuple[Model, ...] = (
         name="transfer",
         title="ResNet18 transfer",
         summary="ResNet18 with a new fc: first the head alone on the frozen backbone, then the whole "
-                "net fine-tuned with discriminative LRs, from the head stage's best weights.",
+                "net fine-tuned with discriminative LRs, from the head stage's best weights; both stages "
+                "also from a random backbone, the baseline (the gains in the details).",
         metrics=out("evaluate_transfer", "METRICS"),
         headline=(Headline("head_val_accuracy", "validation accuracy after the head stage", "higher"),
-                  Headline("finetune_val_accuracy", "validation accuracy after fine-tuning", "higher")),
+                  Headline("finetune_val_accuracy", "validation accuracy after fine-tuning", "higher"),
+                  Headline("head_gain", "head stage: accuracy gain over a random backbone", "higher")),
         more_metrics=(out("evaluate_transfer", "DETAILS"),),
         params=("transfer",),
         lr_finds=(LRCurve("head", out("_transfer", "HEAD_LR_JSON"), "transfer.head.train.lr",
