@@ -35,7 +35,7 @@ SEED_KEYS = ("seed", "houses.prepare.split_seed", "lenet.prepare.split_seed", "t
 HEADLINES = {
     "reports/metrics/houses.json": ("val_rmsle",),
     "reports/metrics/lenet.json": ("test_accuracy",),
-    "reports/metrics/transfer.json": ("head_val_accuracy", "finetune_val_accuracy"),
+    "reports/details/transfer.json": ("head_val_accuracy", "finetune_val_accuracy", "head_gain", "finetune_gain"),
     "reports/details/dcgan.json": ("fid", "fid_ceiling", "fid_over_ceiling", "fid_over_floor"),  # every number
 }
 

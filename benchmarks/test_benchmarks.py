@@ -274,3 +274,28 @@ def test_gan_sweep_scores_what_the_stages_score(gan_run, monkeypatch):
     assert result["trace"][-1]["fid"] == pytest.approx(metrics["fid"], rel=1e-9)
     assert result["fid_ceiling"] == pytest.approx(metrics["fid_ceiling"], rel=1e-9)
     assert result["fid_samples"] == metrics["fid_samples"]
+
+
+def test_transfer_gain_pairs_the_backbones_at_each_seed(tmp_path):
+    """Two seeds on tiny settings: each row is the stages' own evaluation (gains = pretrained minus
+    random), the summary is over the rows, and --finetune-only reruns in the same folders."""
+    from benchmarks import transfer_gain
+    from dlpipe.tiny import OVERRIDES
+
+    tiny = [f"{k}={json.dumps(v)}" for k, v in OVERRIDES.items() if k.startswith("transfer.")]
+    common = ["--seeds", "3", "4", "--jobs", "1", "--work", str(tmp_path / "work"), "--set", *tiny]
+    result = transfer_gain.main([*common, "--out", str(tmp_path / "gain.json")])
+    assert [row["seed"] for row in result["runs"]] == [3, 4]
+    for row in result["runs"]:
+        params = yaml.safe_load((tmp_path / "work" / f"seed_{row['seed']}" / "params.yaml").read_text())
+        assert params["seed"] == params["transfer"]["data"]["split_seed"] == row["seed"]
+        assert row["val_images"] == 180
+        for stage in ("head", "finetune"):
+            assert row[f"{stage}_gain"] == pytest.approx(row[f"{stage}_val_accuracy"]
+                                                         - row[f"random_{stage}_val_accuracy"])
+    assert result["summary"]["head_gain"]["mean"] == pytest.approx(
+        statistics.mean(row["head_gain"] for row in result["runs"]))
+    again = transfer_gain.main([*common, "transfer.finetune.train.epochs=2", "--finetune-only",
+                                "--out", str(tmp_path / "again.json")])
+    assert [(r["head_val_accuracy"], r["random_head_val_accuracy"]) for r in again["runs"]] == [
+        (r["head_val_accuracy"], r["random_head_val_accuracy"]) for r in result["runs"]]

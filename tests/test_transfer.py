@@ -213,19 +213,28 @@ def test_tiny_run_writes_the_output_contract(tiny_run):
     torchvision.models.resnet18(num_classes=2).load_state_dict(head)  # faces: 2 classes
     torchvision.models.resnet18(num_classes=2).load_state_dict(finetune)
     metrics = json.loads((root / "reports/details/transfer.json").read_text())
-    assert set(metrics) == {"head_val_accuracy", "finetune_val_accuracy", "val_images", "finetune_misclassified"}
-    assert metrics["val_images"] == 50 and all(isinstance(v, (int, float)) for v in metrics.values())
-    assert metrics["finetune_misclassified"] == round((1 - metrics["finetune_val_accuracy"]) * 50)
+    assert set(metrics) == {"head_val_accuracy", "finetune_val_accuracy", "head_gain", "random_head_val_accuracy",
+                            "random_finetune_val_accuracy", "finetune_gain", "val_images", "finetune_misclassified"}
+    # The few-shot faces: 10 of each class train, the other 180 images are the validation images.
+    assert metrics["val_images"] == 180 and all(isinstance(v, (int, float)) for v in metrics.values())
+    assert metrics["finetune_misclassified"] == round((1 - metrics["finetune_val_accuracy"]) * 180)
+    headline = json.loads((root / "reports/metrics/transfer.json").read_text())
+    assert headline == {k: metrics[k] for k in ("head_val_accuracy", "finetune_val_accuracy", "head_gain")}
     for stage in ("head", "finetune"):
-        rows = history(f"train_transfer_{stage}", root)
-        assert [int(r["epoch"]) for r in rows] == [1, 2]
-        assert {"lr", "train_loss", "val_loss", "val_accuracy"} <= set(rows[0])
-        # The weights kept are the best epoch's: evaluate's accuracy is the best of the curve.
-        assert metrics[f"{stage}_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows), abs=1e-6)
-        record = json.loads((root / f"reports/lr_find/transfer_{stage}.json").read_text())
-        assert len(record["lrs"]) == 10 and record["suggested_lr"] > 0
-        assert (root / f"reports/lr_find/transfer_{stage}.png").read_bytes()[:8] == PNG
-        assert (root / f"checkpoints/transfer_{stage}/last.pt").is_file()
+        assert metrics[f"{stage}_gain"] == pytest.approx(
+            metrics[f"{stage}_val_accuracy"] - metrics[f"random_{stage}_val_accuracy"])
+        for suffix, prefix in (("", ""), ("_random", "random_")):
+            rows = history(f"train_transfer_{stage}{suffix}", root)
+            assert [int(r["epoch"]) for r in rows] == [1, 2]
+            assert {"lr", "train_loss", "val_loss", "val_accuracy"} <= set(rows[0])
+            # The weights kept are the best epoch's: evaluate's accuracy is the best of the curve.
+            assert metrics[f"{prefix}{stage}_val_accuracy"] == pytest.approx(
+                max(float(r["val_accuracy"]) for r in rows), abs=1e-6)
+            torchvision.models.resnet18(num_classes=2).load_state_dict(load(root / f"models/transfer_{stage}{suffix}.pt"))
+            record = json.loads((root / f"reports/lr_find/transfer_{stage}{suffix}.json").read_text())
+            assert len(record["lrs"]) == 10 and record["suggested_lr"] > 0
+            assert (root / f"reports/lr_find/transfer_{stage}{suffix}.png").read_bytes()[:8] == PNG
+            assert (root / f"checkpoints/transfer_{stage}/last{suffix}.pt").is_file()
     assert (root / "reports/plots/transfer/misclassified.png").read_bytes()[:8] == PNG
     assert [r["epoch"] for r in history("pretrain_transfer_backbone", root)] == [1]
 
@@ -240,6 +249,27 @@ def test_stage1_leaves_every_backbone_tensor_unchanged(tiny_run):
     torch.manual_seed(42)
     fresh = ResNet18(2)  # the stage's seeded new fc
     assert not torch.equal(head["fc.weight"], fresh.fc.weight)  # ...which training moved
+
+
+def test_the_baseline_backbone_is_random_and_the_rest_is_paired(tiny_run):
+    """The random run's frozen backbone is the seeded initialisation, not the pretrained backbone;
+    its fc started from the same weights as the pretrained run's."""
+    backbone, head = load(tiny_run / "models/transfer_backbone.pt"), load(tiny_run / "models/transfer_head.pt")
+    random_head = load(tiny_run / "models/transfer_head_random.pt")
+    torch.manual_seed(42)
+    fresh = ResNet18(2).state_dict()  # the stage's seeded network (params seed 42)
+    convs = [k for k in random_head if k.endswith("conv1.weight") or k == "conv1.weight"]
+    assert convs
+    for key in convs:
+        assert not torch.allclose(random_head[key], backbone[key]), key
+        assert not torch.allclose(random_head[key], head[key]), key
+    for key in (k for k in random_head if not k.startswith("fc.")):
+        assert torch.equal(random_head[key], fresh[key]), key  # frozen: never moved from the init
+    finetune_random = load(tiny_run / "models/transfer_finetune_random.pt")
+    assert not torch.equal(finetune_random["layer4.1.conv2.weight"], random_head["layer4.1.conv2.weight"])
+    first = [json.loads((tiny_run / f"reports/lr_find/transfer_head{s}.json").read_text())["lrs"][:3]
+             for s in ("", "_random")]
+    assert first[0] == first[1]  # the same sweep for both backbones
 
 
 def test_stage2_gives_every_layer_group_its_own_lr(tiny_run):
@@ -271,10 +301,13 @@ def test_stage2_starts_from_the_head_stages_weights(run_copy):
 
 def test_the_best_not_the_last_weights_are_kept(run_copy):
     # A constant, far too large LR for the new fc: validation accuracy climbs,
-    # then collapses; on the CPU this is deterministic for the seed.
-    params = run_copy({"transfer.head.train.lr": 1.0,
+    # then collapses; on the CPU this is deterministic for the seed. 75 training
+    # images per class: two batches of 32 an epoch (the 10-shot split's one batch never collapsed).
+    params = run_copy({"transfer.data.train_per_class": 75, "transfer.head.train.lr": 1.0,
                        "transfer.head.train.optimizer": {"name": "sgd", "weight_decay": 1.0e-4, "momentum": 0.9},
                        "transfer.head.train.schedule": {"name": "constant"}, "transfer.head.train.epochs": 4})
+    fetch_transfer.main(params)
+    prepare_transfer.main(params)
     train_transfer_head.main(params)
     rows = history("train_transfer_head")
     accuracies = [float(r["val_accuracy"]) for r in rows]

@@ -34,7 +34,7 @@ TINY_SIZES = {"ants": [(40, 30), (26, 50), (33, 33)], "bees": [(50, 20), (30, 41
 
 
 def faces_cfg(**overrides) -> TransferData:
-    values = {"name": "faces", "faces_val_fraction": 0.25, "split_seed": 42,
+    values = {"name": "faces", "train_per_class": 10, "split_seed": 42,
               "hymenoptera_url": "https://example.invalid/hymenoptera_data.zip", "hymenoptera_md5": "",
               "folder": "", "folder_val_fraction": 0.2}
     return TransferData(**{**values, **overrides})
@@ -117,11 +117,15 @@ def test_faces_are_an_image_folder_of_pngs_split_stratified_and_deterministic(in
     first = snapshot(RAW_DIR)
     files = {split: {cls: sorted(p.name for p in (RAW_DIR / split / cls).iterdir()) for cls in ("face", "non_face")}
              for split in ("train", "val")}
+    # The few-shot split: 10 of each class to train/, every other image to val/, none in both.
     assert {split: {cls: len(names) for cls, names in v.items()} for split, v in files.items()} == {
-        "train": {"face": 75, "non_face": 75}, "val": {"face": 25, "non_face": 25}}
+        "train": {"face": 10, "non_face": 10}, "val": {"face": 90, "non_face": 90}}
+    for cls in ("face", "non_face"):
+        assert not set(files["train"][cls]) & set(files["val"][cls])
     # lfw_subset(): the first 100 images are faces, the other 100 are not.
     faces = {int(name[4:7]) for split in files for name in files[split]["face"]}
     assert faces == set(range(100))
+    assert {int(name[4:7]) for split in files for name in files[split]["non_face"]} == set(range(100, 200))
     lfw = lfw_subset()
     for name in ("lfw_000.png", "lfw_150.png"):
         path = next(RAW_DIR.rglob(name))
@@ -134,6 +138,9 @@ def test_faces_are_an_image_folder_of_pngs_split_stratified_and_deterministic(in
     assert snapshot(RAW_DIR) == first  # same bytes again
     fetch(faces_cfg(split_seed=7), RAW_DIR)
     assert snapshot(RAW_DIR) != first
+    fetch(faces_cfg(train_per_class=3), RAW_DIR)
+    assert [len(list((RAW_DIR / "train" / cls).iterdir())) for cls in ("face", "non_face")] == [3, 3]
+    assert [len(list((RAW_DIR / "val" / cls).iterdir())) for cls in ("face", "non_face")] == [97, 97]
 
 
 def test_prepare_decodes_the_folder_into_tensors(in_tmp):
@@ -142,16 +149,16 @@ def test_prepare_decodes_the_folder_into_tensors(in_tmp):
     prepare_transfer.main(params)
     meta = load_meta()
     assert meta["dataset"] == "faces" and meta["class_names"] == ["face", "non_face"]
-    assert meta["sizes"] == {"train": 150, "val": 50} and meta["class_counts"]["val"] == [25, 25]
+    assert meta["sizes"] == {"train": 20, "val": 180} and meta["class_counts"]["val"] == [90, 90]
     val = load_split("val")
-    assert val["images"].dtype == torch.uint8 and val["images"].shape == (50, 3, 25, 25)
-    assert torch.equal(val["sizes"], torch.tensor([[25, 25]] * 50))
+    assert val["images"].dtype == torch.uint8 and val["images"].shape == (180, 3, 25, 25)
+    assert torch.equal(val["sizes"], torch.tensor([[25, 25]] * 180))
     # Grey PNGs become RGB as torchvision's ImageFolder loader makes them: three equal channels.
     assert torch.equal(val["images"][:, 0], val["images"][:, 2])
     first = meta["files"]["val"][0]
     with Image.open(RAW_DIR / "val" / first) as image:
         assert torch.equal(val["images"][0, 0], torch.from_numpy(np.array(image)))
-    assert val["labels"].tolist() == [0] * 25 + [1] * 25
+    assert val["labels"].tolist() == [0] * 90 + [1] * 90
 
 
 def test_corrupt_image_names_the_file(in_tmp):

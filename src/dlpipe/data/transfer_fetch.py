@@ -4,7 +4,8 @@
 - ``faces``: scikit-image's LFW subset (``skimage.data.lfw_subset()``, shipped
   inside scikit-image: no network): 200 grey 25 x 25 crops, the first 100
   faces, the other 100 background patches. Written as PNG files, split
-  stratified and deterministically (``faces_val_fraction``, ``split_seed``).
+  stratified and deterministically: ``train_per_class`` of each class to
+  train/, all the others to val/ (``split_seed``).
 - ``hymenoptera``: the PyTorch tutorial's ants/bees zip, downloaded from
   ``hymenoptera_url``, its md5 checked against ``hymenoptera_md5`` (when set),
   every member checked before anything is extracted.
@@ -44,6 +45,17 @@ FACE_CLASSES = ("face", "non_face")  # ImageFolder's order: sorted folder names
 FACES_PER_CLASS = 100
 
 
+def faces_split(labels: np.ndarray, train_per_class: int, seed: int) -> dict[str, np.ndarray]:
+    """``train_per_class`` indices of each class to train, every other one to val, as
+    ``stratified_split`` draws them (each class's permutation from ``seed``)."""
+    counts = np.bincount(labels)
+    if counts.min() != counts.max():
+        raise PipelineError(f"faces: classes of {counts.tolist()} images; expected equal counts")
+    val = counts[0] - train_per_class
+    split = stratified_split(labels, {"val": val / counts[0]}, seed)  # round(val / n x n) == val
+    return {"train": split["train"], "val": split["val"]}
+
+
 def fetch_faces(cfg: TransferData, dest: Path) -> None:
     from skimage.data import lfw_subset
 
@@ -54,7 +66,7 @@ def fetch_faces(cfg: TransferData, dest: Path) -> None:
     # Floats in 0..1 (the docstring says uint8; scikit-image 0.26 returns float64).
     pixels = np.clip(np.round(np.asarray(images, dtype=np.float64) * 255), 0, 255).astype(np.uint8)
     labels = np.repeat(np.arange(len(FACE_CLASSES)), FACES_PER_CLASS)
-    split = stratified_split(labels, {"val": cfg.faces_val_fraction}, cfg.split_seed)
+    split = faces_split(labels, cfg.train_per_class, cfg.split_seed)
     for name in SPLITS:
         for index in split[name]:
             folder = dest / name / FACE_CLASSES[labels[index]]
@@ -64,7 +76,7 @@ def fetch_faces(cfg: TransferData, dest: Path) -> None:
     write_json(dest / SOURCE_JSON, {
         "name": "faces", "origin": "skimage.data.lfw_subset", "class_names": list(FACE_CLASSES),
         "sizes": {name: int(len(split[name])) for name in SPLITS},
-        "val_fraction": cfg.faces_val_fraction, "split_seed": cfg.split_seed,
+        "train_per_class": cfg.train_per_class, "split_seed": cfg.split_seed,
     })
 
 

@@ -1,5 +1,12 @@
 """What the transfer stages share: paths, loaders over the prepared images (the
-seed's transforms as batch hooks), the ResNet18 of each stage and its LRs."""
+seed's transforms as batch hooks), the ResNet18 of each stage and its LRs.
+
+Every stage after the backbone's pretraining trains (or tests) twice, once per
+entry of ``BACKBONES``: the backbone of ``transfer.model.weights`` and a random
+one (``weights: none``), the baseline that says what the pretraining adds. Both
+runs share the seed, the split, the new fc's initial weights, the batch order
+and every params key; only the backbone differs. The random run's files are
+the pretrained run's names with ``_random`` (``backbone_path``)."""
 
 from __future__ import annotations
 
@@ -27,6 +34,16 @@ PLOTS = Path("reports/plots/transfer")
 CHECKPOINTS = Path("checkpoints")
 PREPARED_FILES = [PREPARED_DIR / "train.pt", PREPARED_DIR / "val.pt", PREPARED_DIR / META_JSON]
 EVAL_BATCH = 256
+BACKBONES = ("pretrained", "random")  # the chosen weights, then the baseline (weights: none)
+
+
+def backbone_path(path: Path, backbone: str) -> Path:
+    """The pretrained run's file or folder, or the random run's (``_random`` before the suffix)."""
+    return path if backbone == "pretrained" else path.with_name(f"{path.stem}_random{path.suffix}")
+
+
+def backbone_weights(params: Params, backbone: str) -> str:
+    return params.transfer.model.weights if backbone == "pretrained" else "none"
 
 
 def check_range(pair: Sequence[float], key: str) -> tuple[float, float]:
@@ -70,9 +87,9 @@ def build_model(params: Params, num_classes: int, device: torch.device) -> ResNe
     return ResNet18(num_classes).to(device)
 
 
-def weights_files(params: Params) -> list[Path]:
+def weights_files(params: Params, backbone: str = "pretrained") -> list[Path]:
     """The file the backbone weights come from, for checkpoint identity."""
-    weights = params.transfer.model.weights
+    weights = backbone_weights(params, backbone)
     if weights == "pipeline":
         return [BACKBONE]
     if weights in ("none", "imagenet"):
@@ -80,30 +97,34 @@ def weights_files(params: Params) -> list[Path]:
     return [Path(weights)]
 
 
-def head_model(params: Params, num_classes: int, device: torch.device) -> tuple[ResNet18, str]:
-    """Stage 1's network: the backbone from ``transfer.model.weights``, frozen; a new fc."""
+def head_model(params: Params, num_classes: int, device: torch.device,
+               backbone: str = "pretrained") -> tuple[ResNet18, str]:
+    """Stage 1's network: the backbone from ``transfer.model.weights`` (or a random one), frozen; a new fc.
+    Both backbones get the same fc: ``build_model`` seeds it, and ``load_backbone`` leaves fc alone."""
     model = build_model(params, num_classes, device)
-    source = load_backbone(model, params.transfer.model.weights, BACKBONE)
+    source = load_backbone(model, backbone_weights(params, backbone), BACKBONE)
     return model.freeze_backbone(True), source
 
 
-def finetune_model(params: Params, num_classes: int, device: torch.device) -> ResNet18:
+def finetune_model(params: Params, num_classes: int, device: torch.device,
+                   backbone: str = "pretrained") -> ResNet18:
     """Stage 2's network: the head stage's best weights, everything trainable."""
     model = build_model(params, num_classes, device)
-    load_into(model, HEAD_WEIGHTS)
+    load_into(model, backbone_path(HEAD_WEIGHTS, backbone))
     return model.freeze_backbone(False)
 
 
-def head_lr(params: Params) -> float:
-    return resolve_lr(params.transfer.head.train.lr, HEAD_LR_JSON, "transfer.head.train.lr")
+def head_lr(params: Params, backbone: str = "pretrained") -> float:
+    """Each backbone's own range test's pick (lr: auto): the same rule, not the same number."""
+    return resolve_lr(params.transfer.head.train.lr, backbone_path(HEAD_LR_JSON, backbone), "transfer.head.train.lr")
 
 
-def finetune_lr(params: Params) -> float:
+def finetune_lr(params: Params, backbone: str = "pretrained") -> float:
     """The last group's (fc) LR: a tenth of stage 1's by default, as fastai's two-stage recipe advises."""
     lr = params.transfer.finetune.train.lr
     if lr == "head_div_10":
-        return head_lr(params) / 10
-    return resolve_lr(lr, FINETUNE_LR_JSON, "transfer.finetune.train.lr")
+        return head_lr(params, backbone) / 10
+    return resolve_lr(lr, backbone_path(FINETUNE_LR_JSON, backbone), "transfer.finetune.train.lr")
 
 
 def finetune_groups(model: ResNet18, lr: float, spread: float) -> list[dict]:
