@@ -150,7 +150,13 @@ class HousesPrepare:
     split_seed: int = key(SEED_TEXT, **SEED)
     drop_outliers: bool = key()
     outlier_min_living_area: float = key(**POSITIVE)  # sq ft (GrLivArea)
+    # US dollars: an outlier is over outlier_min_living_area and sold below this price
+    outlier_max_price: float = key(**POSITIVE)
     skew_threshold: float = key(minimum=0)  # |skewness| above which a numeric column gets log1p
+    engineered_features: bool = key()  # totals, ages, quality x area, ordinal scores (houses_features.engineer)
+    clip_to_training_range: bool = key()  # other rows' numeric values clipped to the fitting rows' range
+    cv_folds: int = key("folds of the cross-validation (cv_houses), 2 to 100", minimum=2, maximum=100)
+    cv_split_seed: int = key(SEED_TEXT, **SEED)  # the folds: scikit-learn's KFold(shuffle=True) with this seed
 
 
 @dataclass(frozen=True)
