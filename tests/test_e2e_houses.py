@@ -246,7 +246,8 @@ def test_first_dvc_repro_writes_the_houses_output_contract(dvc_run):
     state = torch.load(repo / "models/houses.pt", map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
     n_features = load_pt(repo / "data/prepared/houses/test.pt")["x"].shape[1]
-    model = HouseMLP(n_features, tuple(get_param(repo, "houses.model.hidden")))
+    model = HouseMLP(n_features, tuple(get_param(repo, "houses.model.hidden")),
+                     skip=get_param(repo, "houses.model.skip"))
     model.load_state_dict(state, strict=True)  # exactly the model the params describe
 
     record = json.loads((repo / "reports/lr_find/houses.json").read_text())

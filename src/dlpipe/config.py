@@ -163,6 +163,7 @@ class HousesPrepare:
 class MLPArch:
     hidden: tuple[int, ...] = key(f"the hidden layers' widths, 1 to 64 layers of 1 to {MAX_WIDTH} units",
                                   minItems=1, maxItems=64, **WIDTHS)
+    skip: bool = key()  # a linear path from the inputs to the output beside the hidden layers
 
 
 @dataclass(frozen=True)

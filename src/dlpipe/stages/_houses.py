@@ -27,6 +27,10 @@ def loaders(params: Params, device: torch.device) -> tuple[TensorLoader, TensorL
 
 def build_model(params: Params, train_loader: TensorLoader, device: torch.device) -> HouseMLP:
     torch.manual_seed(params.seed)  # same initial weights for the range test and training
-    mean_log_price = float(train_loader.targets.mean())
-    model = HouseMLP(train_loader.inputs.shape[1], params.houses.model.hidden, output_bias=mean_log_price)
-    return model.to(device)
+    return empty_model(params, train_loader.inputs.shape[1], float(train_loader.targets.mean())).to(device)
+
+
+def empty_model(params: Params, n_features: int, mean_log_price: float = 0.0) -> HouseMLP:
+    """``houses.model``; the output bias starts at ``mean_log_price`` (weights to load: any)."""
+    cfg = params.houses.model
+    return HouseMLP(n_features, cfg.hidden, output_bias=mean_log_price, skip=cfg.skip)

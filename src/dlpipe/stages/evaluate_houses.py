@@ -18,7 +18,7 @@ from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import write_metrics, write_text
 from dlpipe.models.mlp import HouseMLP
-from dlpipe.stages._houses import WEIGHTS
+from dlpipe.stages._houses import WEIGHTS, empty_model
 from dlpipe.tensor_io import load_into
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def predict_log_price(model: HouseMLP, x: torch.Tensor) -> np.ndarray:
 def main(params: Params) -> None:
     device = runtime.setup(0, params.device)
     val, test = load_split("val", device), load_split("test", device)
-    model = HouseMLP(val["x"].shape[1], params.houses.model.hidden).to(device)
+    model = empty_model(params, val["x"].shape[1]).to(device)
     load_into(model, WEIGHTS)
 
     val_log_pred = predict_log_price(model, val["x"])
