@@ -167,12 +167,24 @@ class MLPArch:
 
 
 @dataclass(frozen=True)
+class HousesCV:
+    """The cross-validation (cv_houses): every fold model trained ``epochs`` epochs per seed."""
+
+    epochs: int = key(f"epochs of every fold model, 1 to {MAX_EPOCHS}; the epoch count used is the one, "
+                      "up to this, where the mean validation curve over the folds is lowest",
+                      minimum=1, maximum=MAX_EPOCHS)
+    n_seeds: int = key("seeds per fold (initial weights and batch order), their predictions averaged, 1 to 100",
+                       minimum=1, maximum=100)
+
+
+@dataclass(frozen=True)
 class HousesSection:
     data: HousesData = key()
     prepare: HousesPrepare = key()
     lr_find: LRRangeTest = key()
     model: MLPArch = key()
     train: Train = key()
+    cv: HousesCV = key()
 
 
 # --------------------------------------------------------------------------- LeNet
