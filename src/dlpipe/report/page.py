@@ -405,7 +405,8 @@ def context(raw: dict, root: Path = Path("."), params_text: str = "") -> dict:
         sections.append(model_section(model, outs, raw, root, notes))
     models = [m for m in models if m.name in metrics]
     head, comparison = compare(root)
-    notes += [f"No earlier values of {path}: {reason}." for path, reason in comparison.missing.items()]
+    # In path order: `dvc metrics diff` lists the files in an order that differs between runs.
+    notes += [f"No earlier values of {path}: {reason}." for path, reason in sorted(comparison.missing.items())]
     if skipped:
         log.info("report: no stage in dvc.yaml produces the metrics of %s; left out", ", ".join(skipped))
     summary = summary_rows(models, metrics, comparison)
