@@ -11,9 +11,10 @@ are medians and ratios of medians (absolute times on a shared machine are noise)
   overhead   4: per model, the pipeline's loop against a bare PyTorch loop
   reference  5: LeNet time-to-accuracy and houses time-to-RMSLE against the original recipes
   lr_cost    6: each LR range test stage against the training stage it serves
+  houses_cv  7: scikit-learn's RidgeCV and boosted trees on cv_houses' folds, beside its MLP
   tuning     channels_last, bf16 autocast, torch.compile, threads (only with --tuning)
 
-    python -m benchmarks                     # everything but tuning (about 16 minutes on 2 cores)
+    python -m benchmarks                     # everything but tuning (16 min on 2 cores; houses_cv adds 14 under load)
     python -m benchmarks --quick             # tiny settings, 1 repeat: checks that it all runs
     python -m benchmarks --skip-pipeline --tuning
     python -m benchmarks --only overhead,tuning --device cuda --output reports/bench_cuda.json
@@ -32,7 +33,7 @@ from typing import Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
-PARTS = ("pipeline", "overhead", "reference", "lr_cost", "tuning")
+PARTS = ("pipeline", "overhead", "reference", "lr_cost", "houses_cv", "tuning")
 INCREMENTAL_KEY = "houses.train.epochs"
 QUICK_INPROCESS = {"transfer.augment.image_size": 32, "dcgan.train.max_batches": 10}
 
@@ -134,6 +135,12 @@ def run_part(part: str, args: argparse.Namespace, params, device, repeats: int, 
         from benchmarks.lr_cost import lr_find_cost
 
         return lr_find_cost(Path.cwd(), stage_repeats, tiny.OVERRIDES if quick else None, log=log)
+    if part == "houses_cv":
+        from benchmarks.houses_cv import houses_cv
+        from dlpipe.data.houses_prepared import PREPARED_DIR
+        from dlpipe.stages._houses import CV_RECORD
+
+        return houses_cv(PREPARED_DIR, CV_RECORD, quick, log=log)
     from benchmarks.tuning import OPTIONS, tuning
 
     options = tuple(o.strip() for o in args.tuning_options.split(",")) if args.tuning_options else \

@@ -131,7 +131,6 @@ def houses_to_rmsle(params, target: float, device: torch.device) -> dict:
     epoch whose validation RMSLE is at or under ``target``; the time includes loading the tensors."""
     from dlpipe.stages._houses import LR_FIND_JSON, build_model, loaders
     from dlpipe.training import loop, lr_finder
-    from dlpipe.training.schedules import build_optimizer, build_scheduler
     from dlpipe.training.tasks import log_price_regression
 
     cfg, task = params.houses.train, log_price_regression()
@@ -139,18 +138,13 @@ def houses_to_rmsle(params, target: float, device: torch.device) -> dict:
     start = time.perf_counter()
     train, val = loaders(params, device)
     model = build_model(params, train, device)
-    optimizer = build_optimizer(model.parameters(), cfg, lr)
-    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train))
     value, epoch = math.inf, 0
-    for epoch in range(cfg.epochs):
-        train.set_epoch(epoch)
-        loop.train_one_epoch(model, train, task.loss_fn, optimizer, scheduler if per_batch else None, epoch)
-        if scheduler is not None and not per_batch:
-            scheduler.step()
+    for epoch in loop.train_epochs(model, train, task.loss_fn, loop.optimization(model.parameters(), cfg, lr,
+                                                                                  len(train)), cfg.epochs):
         value = loop.evaluate(model, val, task)["val_rmsle"]
         if value <= target:
             break
-    return {"seconds": time.perf_counter() - start, "epochs": epoch + 1, "val_rmsle": value,
+    return {"seconds": time.perf_counter() - start, "epochs": epoch, "val_rmsle": value,
             "reached": value <= target, "lr": lr}
 
 

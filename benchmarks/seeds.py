@@ -29,11 +29,13 @@ from pathlib import Path
 from benchmarks.pipeline_run import copy_worktree, engine_env
 from benchmarks.timing import cpu_model
 
-# Every key that seeds a random draw: training, and the splits of the three datasets that are split here.
-SEED_KEYS = ("seed", "houses.prepare.split_seed", "lenet.prepare.split_seed", "transfer.data.split_seed")
+# Every key that seeds a random draw: training, and the splits of the three datasets that are split here
+# (houses twice: its validation split and its cross-validation folds).
+SEED_KEYS = ("seed", "houses.prepare.split_seed", "houses.prepare.cv_split_seed", "lenet.prepare.split_seed",
+             "transfer.data.split_seed")
 # {metrics or details file: headline keys}; lower is better for houses and the FID, higher for accuracies.
 HEADLINES = {
-    "reports/metrics/houses.json": ("val_rmsle",),
+    "reports/metrics/houses.json": ("val_rmsle", "cv_rmsle"),
     "reports/metrics/lenet.json": ("test_accuracy",),
     "reports/details/transfer.json": ("head_val_accuracy", "finetune_val_accuracy", "head_gain", "finetune_gain"),
     "reports/details/dcgan.json": ("fid", "fid_ceiling", "fid_over_ceiling", "fid_over_floor"),  # every number

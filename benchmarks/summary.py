@@ -69,6 +69,18 @@ def lr_cost_figures(lr_cost: dict | None, run: dict | None) -> dict:
     }
 
 
+HOUSES_CV_MODELS = (("mlp", "MLP (cv_houses)"), ("ridge", "RidgeCV"), ("gbm", "GradientBoostingRegressor"))
+
+
+def houses_cv_figures(houses_cv: dict | None) -> dict:
+    """cv_rmsle (mean over the folds) and its sd per model, on cv_houses' folds."""
+    if houses_cv is None:
+        return {"houses_cv_rmsle": None, "houses_cv_rmsle_sd": None}
+    measured = [name for name, _ in HOUSES_CV_MODELS if name in houses_cv]
+    return {"houses_cv_rmsle": {name: houses_cv[name]["cv_rmsle"] for name in measured},
+            "houses_cv_rmsle_sd": {name: houses_cv[name]["cv_rmsle_sd"] for name in measured}}
+
+
 def only_downstream(ran: list[str], expected: list[str]) -> bool:
     """The bar of figure 3: the stage that reads the changed key ran, and nothing outside
     it and its downstream did (a downstream stage whose inputs came out the same may be
@@ -99,7 +111,8 @@ def build(results: dict, machine: dict, quick: bool, command: str, run: dict) ->
     pipeline = results.get("pipeline")
     report = {"quick": quick, "command": command, "machine": machine, "parts_run": list(results),
               **pipeline_figures(pipeline), **overhead_figures(results.get("overhead")),
-              **reference_figures(results.get("reference")), **lr_cost_figures(results.get("lr_cost"), pipeline)}
+              **reference_figures(results.get("reference")), **lr_cost_figures(results.get("lr_cost"), pipeline),
+              **houses_cv_figures(results.get("houses_cv"))}
     report["bars"] = bars(report)
     report["run"] = run
     report["details"] = results
@@ -132,6 +145,12 @@ def rows(report: dict) -> list[tuple]:
     out.append(("5. houses seed time / pipeline time (to its RMSLE)", report.get("houses_speedup_vs_seed"), "", None))
     for name, value in (report.get("lr_find_cost_fraction") or {}).items():
         out.append((f"6. lr_find / train stage time, {name}", value, "", None))
+    for name, label in HOUSES_CV_MODELS:
+        value = (report.get("houses_cv_rmsle") or {}).get(name)
+        if value is not None:
+            sd = report["houses_cv_rmsle_sd"][name]
+            out.append((f"7. houses cv_rmsle, {label}" + (f" (sd {sd:.4f} over the folds)" if sd else ""), value,
+                        "", None))
     tuning = _get(report, "details", "tuning") or {}
     for net, record in tuning.items():
         for option, entry in record["options"].items():

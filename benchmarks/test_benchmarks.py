@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import gan_sweep, overhead, pipeline_run, summary, timing
+from benchmarks import gan_sweep, houses_cv, overhead, pipeline_run, summary, timing
 from benchmarks.conftest import REPO
 from benchmarks.reference import speedups
 from dlpipe.config import Adam, load_params
@@ -28,7 +28,7 @@ from dlpipe.workflow_graph import load_stages
 
 REQUIRED_KEYS = ("pipeline_wall_s", "pipeline_peak_rss_mib", "noop_dvc_repro_s", "noop_snakemake_s",
                  "incremental_stages_rerun", "loop_overhead", "lenet_speedup_vs_seed", "houses_speedup_vs_seed",
-                 "lr_find_cost_fraction", "machine")
+                 "lr_find_cost_fraction", "houses_cv_rmsle", "machine")
 
 
 class FakeClock:
@@ -176,6 +176,45 @@ def fake_results() -> dict:
         "lr_cost": {"lenet": {**compare({"lr_find_lenet": [1.0], "train_lenet": [4.0]}, "lr_find_lenet",
                                         "train_lenet"), "fraction": 0.25}},
     }
+
+
+def tiny_folds(folder, folds: int = 3, rows: int = 60, features: int = 4) -> None:
+    """prepare_houses' fold files, small: log-prices linear in the features plus a little noise."""
+    from dlpipe.data.houses_prepared import save_split
+    from dlpipe.io import write_json
+
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(features, generator=generator)
+    for fold in range(folds):
+        x = torch.randn(rows + rows // 2, features, generator=generator)
+        y = 12.0 + x @ weights * 0.3 + 0.01 * torch.randn(len(x), generator=generator)
+        save_split(folder, f"cv_fold{fold}", {"fit_x": x[:rows], "fit_y": y[:rows], "val_x": x[rows:],
+                                              "val_y": y[rows:], "test_x": x[:5]})
+    write_json(folder / "summary.json", {"cv": {"folds": folds}})
+
+
+def test_houses_cv_scores_the_baselines_on_every_fold(tmp_path):
+    """Tiny settings (20 trees): each baseline's figure is the mean of its per-fold RMSLEs over
+    the prepared folds; the MLP's comes from cv_houses' record when it has as many folds."""
+    tiny_folds(tmp_path)
+    record = tmp_path / "houses_cv.json"
+    record.write_text(json.dumps({"cv_rmsle": 0.12, "cv_rmsle_sd": 0.03, "cv_fold_rmsle": [0.1, 0.12, 0.14],
+                                  "cv_epoch": 7, "cv_folds": 3}))
+    result = houses_cv.houses_cv(tmp_path, record, quick=True, log=lambda line: None)
+    assert result["folds"] == 3 and result["gbm_settings"]["n_estimators"] == houses_cv.QUICK_TREES
+    for name in ("ridge", "gbm"):
+        folds = result[name]["cv_fold_rmsle"]
+        assert len(folds) == 3 and result[name]["cv_rmsle"] == pytest.approx(statistics.mean(folds))
+        assert result[name]["cv_rmsle_sd"] == pytest.approx(statistics.stdev(folds))
+    assert result["ridge"]["cv_rmsle"] < 0.05  # a linear target: the ridge fits it to about the noise
+    assert result["mlp"]["cv_rmsle"] == 0.12 and result["mlp"]["cv_epoch"] == 7
+    report = summary.build({"houses_cv": result}, {"cores": 2}, quick=True, command="test", run={})
+    assert report["houses_cv_rmsle"] == {name: result[name]["cv_rmsle"] for name in ("mlp", "ridge", "gbm")}
+    assert "7. houses cv_rmsle, RidgeCV" in timing.table(summary.rows(report))
+    # A record of other folds is not set beside these.
+    record.write_text(json.dumps({"cv_rmsle": 0.12, "cv_rmsle_sd": 0.03, "cv_fold_rmsle": [0.1, 0.14],
+                                  "cv_epoch": 7, "cv_folds": 2}))
+    assert "mlp" not in houses_cv.houses_cv(tmp_path, record, quick=True, log=lambda line: None)
 
 
 def test_summary_figures_are_the_recorded_medians_ratios():

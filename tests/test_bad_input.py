@@ -433,9 +433,11 @@ CASES = [
          ("data/raw/houses/train.csv: 3 row(s) give 3 to the validation split and 0 to training "
           "('houses.prepare.val_fraction' 0.9)",),
          setup=lambda c: edit_csv(c, "data/raw/houses/train.csv", lambda rows: rows[:4])),
-    Case("houses-outliers-drop-every-training-row", "prepare_houses", {"houses.prepare.outlier_min_living_area": 1.0},
-         ("re:every one of the \\d+ training rows is over 1 sq ft and would be dropped",
-          "('houses.prepare.outlier_min_living_area', 'houses.prepare.drop_outliers')")),
+    Case("houses-outliers-drop-every-training-row", "prepare_houses",
+         {"houses.prepare.outlier_min_living_area": 1.0, "houses.prepare.outlier_max_price": 1.0e9},
+         ("re:every one of the \\d+ training rows is over 1 sq ft and under 1,000,000,000 dollars and would be dropped",
+          "('houses.prepare.outlier_min_living_area', 'houses.prepare.outlier_max_price', "
+          "'houses.prepare.drop_outliers')")),
     # ---- data: downloads and checksums
     Case("houses-folder-source-missing-file", "fetch_houses", None,
          ("{tmp}/houses/test.csv: file not found", "params 'houses.data.folder' must hold train.csv and test.csv"),

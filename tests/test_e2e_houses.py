@@ -31,10 +31,11 @@ import torch
 import yaml
 
 from dlpipe.models.mlp import HouseMLP
+from dlpipe.stages._houses import CV_PREDICTIONS, CV_RECORD
 from dlpipe.training import live
 from dlpipe.workflow_graph import is_directory, load_stages, produced_by
 
-HOUSES = ("fetch_houses", "prepare_houses", "lr_find_houses", "train_houses", "evaluate_houses")
+HOUSES = ("fetch_houses", "prepare_houses", "lr_find_houses", "cv_houses", "train_houses", "evaluate_houses")
 OUTPUT_ROOTS = output_roots()
 ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}  # engine bookkeeping, not pipeline outputs
 METRICS = "reports/metrics/houses.json"
@@ -246,8 +247,27 @@ def test_first_dvc_repro_writes_the_houses_output_contract(dvc_run):
     state = torch.load(repo / "models/houses.pt", map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
     n_features = load_pt(repo / "data/prepared/houses/test.pt")["x"].shape[1]
-    model = HouseMLP(n_features, tuple(get_param(repo, "houses.model.hidden")))
+    model = HouseMLP(n_features, tuple(get_param(repo, "houses.model.hidden")),
+                     skip=get_param(repo, "houses.model.skip"))
     model.load_state_dict(state, strict=True)  # exactly the model the params describe
+
+    # The cross-validation: its headline beside val_rmsle, its record in the details, the
+    # submission its bag of fold models, the curve one row per epoch.
+    cv = json.loads((repo / CV_RECORD).read_text())
+    details = json.loads((repo / "reports/details/houses.json").read_text())
+    assert set(metrics) == {"val_rmsle", "cv_rmsle"} and metrics["cv_rmsle"] == cv["cv_rmsle"]
+    assert {key: details[key] for key in cv} == cv
+    folds = get_param(repo, "houses.prepare.cv_folds")
+    assert len(cv["cv_fold_rmsle"]) == cv["cv_folds"] == folds
+    assert cv["cv_seeds"] == get_param(repo, "houses.cv.n_seeds")
+    assert cv["cv_rmsle"] == pytest.approx(sum(cv["cv_fold_rmsle"]) / folds, rel=1e-12)
+    assert sum(cv["cv_held_out_rows"]) == 1460  # every row of train.csv held out once
+    curve = csv_rows(repo / "reports/plots/houses/cv_curve.csv")
+    assert len(curve) == cv["cv_epochs_run"] == get_param(repo, "houses.cv.epochs")
+    assert min(curve, key=lambda row: float(row["cv_rmsle"]))["epoch"] == str(cv["cv_epoch"])
+    bagged = load_pt(repo / CV_PREDICTIONS)
+    assert bagged["id"].tolist() == test_ids
+    assert prices == pytest.approx(torch.expm1(bagged["log_price"].double()).tolist(), rel=1e-12)
 
     record = json.loads((repo / "reports/lr_find/houses.json").read_text())
     assert len(record["lrs"]) == len(record["losses"]) > 1
@@ -279,6 +299,21 @@ def test_second_dvc_repro_does_nothing(dvc_run):
     assert json_in(sh(["dvc", "status", "--json"], repo, env)[0]) == {}
     out, _ = sh(["dvc", "status"], repo, env)
     assert "Data and pipelines are up to date" in out
+
+
+def test_a_forced_rerun_of_the_houses_stages_writes_the_same_bytes(dvc_run, tmp_path):
+    """Same machine, same declared threads, same params: every houses output byte-identical
+    (the cross-validation's record, curve and bagged predictions included)."""
+    repo = clone(dvc_run.repo, tmp_path / "repo")
+    env = hermetic(dvc_run.env, repo)
+    stages = [stage for stage in load_stages(repo / "dvc.yaml") if stage.name in HOUSES]
+    files = sorted(rel for rel in output_files(repo) if any(under(rel, set(stage.outs)) for stage in stages))
+    assert "reports/plots/houses/cv_curve.csv" in files and CV_PREDICTIONS.as_posix() in files
+    before = {rel: (repo / rel).read_bytes() for rel in files}
+    out, seconds = sh(["dvc", "repro", "--force", "evaluate_houses"], repo, env)
+    report_time("dvc repro --force evaluate_houses (tiny params)", seconds)
+    assert sorted(_RAN.findall(out)) == sorted(HOUSES), out[-3000:]
+    assert {rel: (repo / rel).read_bytes() for rel in files} == before
 
 
 def test_new_epoch_count_reruns_only_train_and_submission(dvc_run, tmp_path):

@@ -25,8 +25,7 @@ from dlpipe.config import Params
 from dlpipe.data.houses_prepared import PREPARED_DIR, load_split
 from dlpipe.declare import Stage
 from dlpipe.io import write_json
-from dlpipe.models.mlp import HouseMLP
-from dlpipe.stages._houses import WEIGHTS
+from dlpipe.stages._houses import WEIGHTS, empty_model
 from dlpipe.tensor_io import load_into
 
 METRICS = Path("reports/metrics/houses_val.json")
@@ -37,7 +36,7 @@ STAGE = Stage(params=("device", "houses.model"), deps=(WEIGHTS, PREPARED_DIR), m
 def main(params: Params) -> None:
     device = runtime.setup(0, params.device)
     val = load_split("val", device)
-    model = HouseMLP(val["x"].shape[1], params.houses.model.hidden).to(device).eval()
+    model = empty_model(params, val["x"].shape[1]).to(device).eval()
     load_into(model, WEIGHTS)
     with torch.inference_mode():
         error = model(val["x"]).double() - val["y"].double()  # log prices: the RMSE is the RMSLE

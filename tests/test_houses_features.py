@@ -1,6 +1,8 @@
 """The House Prices feature pipeline on the real competition rows: fitted on the
-training split only, deterministic splits, outliers, unseen categories, and the
-clear errors for bad columns and bad CSV files."""
+training split only (and each cross-validation fold on its own fitting rows),
+deterministic splits and folds, outliers, unseen categories, the engineered
+columns, the clip to the fitting rows' range, and the clear errors for bad
+columns and bad CSV files."""
 
 from __future__ import annotations
 
@@ -97,6 +99,12 @@ def test_no_leakage_from_validation_or_test_rows(frames, cfg):
         x = second["splits"][split]["x"].numpy()
         for col in categorical:
             assert not x[:, block(spec, col)].any(), (split, col)
+    # Each fold likewise: its held-out and the test rows poisoned, its fitting tensors unchanged.
+    held_out = first["folds"]["cv_fold0"]["val_id"].tolist()
+    third = prepare_houses.prepare(poison(train_all, held_out, numeric, categorical), poisoned_test, cfg)
+    for key in ("fit_x", "fit_y", "fit_id", "val_id"):
+        assert torch.equal(third["folds"]["cv_fold0"][key], first["folds"]["cv_fold0"][key]), key
+    assert not torch.equal(third["folds"]["cv_fold0"]["val_x"], first["folds"]["cv_fold0"]["val_x"])
 
 
 def test_split_is_deterministic_per_seed_and_partitions_the_rows(frames, cfg):
@@ -125,8 +133,10 @@ def test_split_is_deterministic_per_seed_and_partitions_the_rows(frames, cfg):
 def test_drop_outliers_trims_train_only_and_keeps_val_whole(frames, cfg):
     train_all, test = frames
     threshold = cfg.outlier_min_living_area
-    big = set(train_all.loc[train_all[hf.LIVING_AREA] > threshold, hf.ID])
-    assert big, "the real data has houses over the outlier threshold"
+    partial = (train_all[hf.LIVING_AREA] > threshold) & (train_all[hf.TARGET] < cfg.outlier_max_price)
+    big = set(train_all.loc[partial, hf.ID])
+    assert big == {524, 1299}, "the real data's two partial sales over 4,000 sq ft"
+    large = set(train_all.loc[train_all[hf.LIVING_AREA] > threshold, hf.ID]) - big  # sold at their size's price
     # A seed whose split puts outliers in both parts, so both claims are tested.
     for seed in range(200):
         train_pos, val_pos = hf.split_indices(len(train_all), cfg.val_fraction, seed)
@@ -140,13 +150,13 @@ def test_drop_outliers_trims_train_only_and_keeps_val_whole(frames, cfg):
     area = train_all.set_index(hf.ID)[hf.LIVING_AREA]
 
     train_ids, val_ids = ids_of(result, "train"), ids_of(result, "val")
-    assert (area.loc[train_ids] <= threshold).all()
+    assert not big & set(train_ids) and large - set(val_ids) <= set(train_ids)
     assert sorted(result["summary"]["dropped_train_outlier_ids"]) == sorted(big - in_val)
     assert len(train_ids) == len(train_pos) - len(big - in_val)
     assert len(val_ids) == round(len(train_all) * cfg.val_fraction)
     assert in_val <= set(val_ids)
     flags = result["splits"]["val"]["outlier"].numpy()
-    assert flags.tolist() == (area.loc[val_ids] > threshold).tolist()
+    assert flags.tolist() == [i in big for i in val_ids]
     assert sorted(result["summary"]["val_outlier_ids"]) == sorted(in_val)
     assert result["summary"]["rows"] == {"train": len(train_ids), "val": len(val_ids), "test": len(test)}
     # Without the drop the same split keeps them in train.
@@ -297,3 +307,110 @@ def test_read_csv_bad_files_name_the_file(tmp_path, content, message):
 def test_read_csv_missing_file(tmp_path):
     with pytest.raises(PipelineError, match=r"file not found; run fetch_houses first"):
         prepare_houses.read_csv(tmp_path / "train.csv")
+
+
+# --------------------------------------------------------------------------- cross-validation folds
+
+
+@pytest.mark.parametrize(("rows", "folds", "seed"), [(1460, 5, 0), (1460, 5, 7), (17, 3, 0), (10, 10, 3)])
+def test_folds_are_sklearns_kfold_and_hold_every_row_out_once(rows, folds, seed):
+    from sklearn.model_selection import KFold
+
+    ours = hf.fold_indices(rows, folds, seed)
+    theirs = list(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(rows)))
+    assert len(ours) == folds
+    for (fit, held), (their_fit, their_held) in zip(ours, theirs):
+        np.testing.assert_array_equal(fit, np.sort(their_fit))
+        np.testing.assert_array_equal(held, np.sort(their_held))
+        assert not set(fit) & set(held) and len(fit) + len(held) == rows
+    held_out = np.concatenate([held for _, held in ours])
+    np.testing.assert_array_equal(np.sort(held_out), np.arange(rows))  # each row exactly once
+    again = hf.fold_indices(rows, folds, seed)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(ours, again))
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(ours, hf.fold_indices(rows, folds, seed + 1)))
+
+
+def test_prepare_writes_every_fold_with_its_own_pipeline(frames, cfg):
+    train_all, test = frames
+    result = prepare_houses.prepare(train_all, test, cfg)
+    folds = list(result["folds"].values())
+    assert len(folds) == cfg.cv_folds == result["summary"]["cv"]["folds"]
+    held_out = [fold["val_id"].tolist() for fold in folds]
+    assert sorted(i for ids in held_out for i in ids) == sorted(train_all[hf.ID])  # every row held out once
+    prices = train_all.set_index(hf.ID)[hf.TARGET]
+    for fold, ids, dropped in zip(folds, held_out, result["summary"]["cv"]["dropped_fit_outlier_ids"]):
+        fit_ids = set(fold["fit_id"].tolist())
+        assert not fit_ids & set(ids)
+        assert fit_ids | set(ids) | set(dropped) == set(train_all[hf.ID])  # the outliers out of fitting only
+        assert set(dropped) == {524, 1299} - set(ids)
+        assert fold["val_outlier"].tolist() == [i in (524, 1299) for i in ids]  # and scored
+        assert fold["fit_x"].shape[1] == fold["val_x"].shape[1] == fold["test_x"].shape[1]
+        assert len(fold["test_x"]) == len(test)
+        np.testing.assert_allclose(fold["val_y"].numpy(), np.log1p(prices.loc[ids].to_numpy(np.float64)), rtol=1e-6)
+        # Standardised on its own fitting rows: mean 0 there, not on all rows.
+        n = len(result["spec"].numeric)
+        np.testing.assert_allclose(fold["fit_x"][:, :n].double().mean(0).numpy(), 0.0, atol=1e-4)
+    # Each fold's own pipeline: fitted on other rows, its numbers differ from the single split's.
+    assert not torch.equal(folds[0]["test_x"], result["splits"]["test"]["x"])
+
+
+def test_too_few_rows_for_the_folds_names_the_key():
+    with pytest.raises(PipelineError, match=r"rows\.csv: 4 row\(s\) cannot fill 5 cross-validation folds "
+                                            r"\('houses\.prepare\.cv_folds'\)"):
+        hf.check_rows(4, 0.5, 5, "rows.csv")
+
+
+# --------------------------------------------------------------------------- engineered columns and the clip
+
+
+def test_engineered_columns_come_from_each_rows_own_values(frames, cfg):
+    train_all, test = frames
+    spec = hf.fit_features(train_all, cfg.skew_threshold, engineered=True, clip=False)
+    plain = hf.fit_features(train_all, cfg.skew_threshold)
+    added = set(spec.numeric) - set(plain.numeric)
+    assert {"TotalSF", "PorchSF", "TotalBath", "HouseAge", "RemodAge", "QualGrLivArea", "QualTotalSF",
+            "KitchenQualScore", "BsmtExposureScore"} <= added
+    assert spec.categories == plain.categories  # the scores are beside the one-hot columns, not instead
+    row = train_all[train_all[hf.ID] == 1]  # basement, first and second floor 856, 856, 854 sq ft; built 2003
+    wide = hf.engineer(row, "row 1")
+    assert wide["TotalSF"].item() == 856 + 856 + 854
+    assert wide["HouseAge"].item() == 2008 - 2003 and wide["QualGrLivArea"].item() == 7 * 1710
+    assert wide["KitchenQualScore"].item() == 4  # Gd
+    assert wide["TotalBath"].item() == 2 + 1 + 0.5 * (1 + 0)  # FullBath 2, BsmtFullBath 1, HalfBath 1
+    # Row by row: a row's columns do not depend on the other rows it comes with.
+    together = hf.transform(spec, test.iloc[:20], "twenty rows")
+    alone = hf.transform(spec, test.iloc[7:8], "one row")
+    np.testing.assert_array_equal(together[7], alone[0])
+    # An NA grade (no basement, no pool) scores 0; a test house without a KitchenQual too.
+    assert (hf.engineer(test, "test.csv").loc[test["KitchenQual"].isna(), "KitchenQualScore"] == 0).all()
+
+
+def test_engineered_columns_need_their_inputs(frames):
+    train_all, _ = frames
+    with pytest.raises(PipelineError, match=r"my rows: missing column\(s\) \['YrSold'\] that the engineered "
+                                            r"features are made of; .*'houses\.prepare\.engineered_features': false"):
+        hf.engineer(train_all.drop(columns=["YrSold"]), "my rows")
+
+
+def test_rows_beyond_the_fitting_range_are_clipped_to_it(frames, cfg):
+    train_all, test = frames
+    fit = train_all[~train_all[hf.ID].isin([524, 1299])]
+    clipped = hf.fit_features(fit, cfg.skew_threshold, engineered=True, clip=True)
+    free = hf.fit_features(fit, cfg.skew_threshold, engineered=True, clip=False)
+    assert clipped.highs["GrLivArea"] == fit["GrLivArea"].max() == 4476  # 5,642 and 4,676 sq ft left out
+    giant = test[test["1stFlrSF"] == 5095]  # the test house bigger than every fitting row
+    assert len(giant) == 1 and (giant["GrLivArea"] > clipped.highs["GrLivArea"]).all()
+    col = clipped.names.index("GrLivArea")
+    top = fit[fit["GrLivArea"] == fit["GrLivArea"].max()].iloc[:1]
+    x_giant, x_top = hf.transform(clipped, giant, "giant"), hf.transform(clipped, top, "top")
+    assert x_giant[0, col] == x_top[0, col]  # at the fitting rows' largest, not beyond
+    assert hf.transform(free, giant, "giant")[0, col] > x_top[0, col]  # unclipped: beyond it
+    for name in ("1stFlrSF", "TotalBsmtSF", "TotalSF", "QualTotalSF"):  # engineered columns too
+        i = clipped.names.index(name)
+        assert x_giant[0, i] == pytest.approx(hf.transform(clipped, fit, "fit")[:, i].max()), name
+    low = giant.copy()
+    low["LotArea"] = -5.0  # below every fitting row: the fitting rows' least
+    i = clipped.names.index("LotArea")
+    assert hf.transform(clipped, low, "low")[0, i] == pytest.approx(hf.transform(clipped, fit, "fit")[:, i].min())
+    # On the fitting rows themselves the clip changes nothing.
+    np.testing.assert_array_equal(hf.transform(clipped, fit, "fit"), hf.transform(free, fit, "fit"))

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import engine_env
-from dlpipe.io import atomic_dir, atomic_open, atomic_path, sha256_file, write_json, write_text
+from dlpipe.errors import PipelineError
+from dlpipe.io import atomic_dir, atomic_open, atomic_path, read_json, sha256_file, write_json, write_text
 
 
 class Boom(Exception):
@@ -38,6 +39,22 @@ def test_write_json_replaces_content(tmp_path):
     assert json.loads(target.read_text()) == {"c": 0.5}
     assert target.read_text().endswith("\n")
     assert listing(target.parent) == ["m.json"]
+
+
+def test_read_json_names_the_stage_that_writes_a_missing_or_broken_record(tmp_path):
+    record = tmp_path / "record.json"
+    write_json(record, {"cv_rmsle": 0.12})
+    assert read_json(record, producer="cv_houses") == {"cv_rmsle": 0.12}
+    for content, why in ((None, "not found; run cv_houses first"),
+                         ("{cut", "not JSON (JSONDecodeError); rerun cv_houses"),
+                         ("[1, 2]", "expected a JSON object; rerun cv_houses")):
+        if content is None:
+            record.unlink()
+        else:
+            record.write_text(content)
+        with pytest.raises(PipelineError) as caught:
+            read_json(record, producer="cv_houses")
+        assert str(caught.value) == f"{record}: {why}"
 
 
 def test_write_text_and_binary_atomic_open(tmp_path):

@@ -150,13 +150,31 @@ class HousesPrepare:
     split_seed: int = key(SEED_TEXT, **SEED)
     drop_outliers: bool = key()
     outlier_min_living_area: float = key(**POSITIVE)  # sq ft (GrLivArea)
+    # US dollars: an outlier is over outlier_min_living_area and sold below this price
+    outlier_max_price: float = key(**POSITIVE)
     skew_threshold: float = key(minimum=0)  # |skewness| above which a numeric column gets log1p
+    engineered_features: bool = key()  # totals, ages, quality x area, ordinal scores (houses_features.engineer)
+    clip_to_training_range: bool = key()  # other rows' numeric values clipped to the fitting rows' range
+    cv_folds: int = key("folds of the cross-validation (cv_houses), 2 to 100", minimum=2, maximum=100)
+    cv_split_seed: int = key(SEED_TEXT, **SEED)  # the folds: scikit-learn's KFold(shuffle=True) with this seed
 
 
 @dataclass(frozen=True)
 class MLPArch:
     hidden: tuple[int, ...] = key(f"the hidden layers' widths, 1 to 64 layers of 1 to {MAX_WIDTH} units",
                                   minItems=1, maxItems=64, **WIDTHS)
+    skip: bool = key()  # a linear path from the inputs to the output beside the hidden layers
+
+
+@dataclass(frozen=True)
+class HousesCV:
+    """The cross-validation (cv_houses): every fold model trained ``epochs`` epochs per seed."""
+
+    epochs: int = key(f"epochs of every fold model, 1 to {MAX_EPOCHS}; the epoch count used is the one, "
+                      "up to this, where the mean validation curve over the folds is lowest",
+                      minimum=1, maximum=MAX_EPOCHS)
+    n_seeds: int = key("seeds per fold (initial weights and batch order), their predictions averaged, 1 to 100",
+                       minimum=1, maximum=100)
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,7 @@ class HousesSection:
     lr_find: LRRangeTest = key()
     model: MLPArch = key()
     train: Train = key()
+    cv: HousesCV = key()
 
 
 # --------------------------------------------------------------------------- LeNet

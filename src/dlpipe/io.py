@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import IO, Iterator
 
+from dlpipe.errors import PipelineError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -62,6 +64,20 @@ def write_json(target: str | Path, obj: object) -> None:
     with atomic_open(target) as fh:
         json.dump(obj, fh, indent=2, sort_keys=False)
         fh.write("\n")
+
+
+def read_json(path: str | Path, producer: str) -> dict:
+    """A JSON object written by stage ``producer``; a missing or damaged file names that stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run {producer} first")
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path}: not JSON ({type(exc).__name__}); rerun {producer}") from None
+    if not isinstance(record, dict):
+        raise PipelineError(f"{path}: expected a JSON object; rerun {producer}")
+    return record
 
 
 def write_metrics(metrics: Path, details: Path, numbers: dict, headline: tuple[str, ...]) -> None:

@@ -12,6 +12,7 @@ it is no code dependency of any stage in dvc.yaml.
 OVERRIDES = {
     "device": "cpu",
     "houses.lr_find.num_iter": 20, "houses.train.epochs": 3, "houses.train.patience": 0,
+    "houses.cv.epochs": 3, "houses.cv.n_seeds": 2,
     "lenet.lr_find.num_iter": 20, "lenet.train.epochs": 1, "lenet.train.max_batches": 3,
     "dcgan.feature_net.train.epochs": 1, "dcgan.feature_net.train.max_batches": 3,
     "dcgan.train.epochs": 1, "dcgan.train.max_batches": 2, "dcgan.train.grid_images": 16,

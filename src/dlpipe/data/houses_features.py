@@ -2,9 +2,18 @@
 
 Steps, all learned from the training rows and stored as plain JSON so the
 validation and Kaggle test rows are transformed identically:
-numeric columns -> median fill -> log1p where skewed -> standardise;
+optionally, engineered columns first (``engineer``: totals, ages, quality x
+area, ordinal quality scores; each from the row's own values, so nothing leaks);
+numeric columns -> median fill -> optionally clipped to the training rows'
+range -> log1p where skewed -> standardise;
 categorical columns -> "NA" fill -> one-hot over the training categories
 (a category never seen in training encodes as all zeros).
+
+The clip is for rows beyond anything the model was fitted on: test.csv holds a
+house of 5,095 sq ft on its first floor, above every training house once the
+two partial sales (Ids 524 and 1299) are left out, and an MLP's output grows
+without bound along such a direction. On the training rows themselves it
+changes nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +30,49 @@ LIVING_AREA = "GrLivArea"  # sq ft above ground; the outlier criterion
 # Integer-coded but nominal: building class codes mean nothing as numbers.
 NOMINAL_CODES = ("MSSubClass",)
 
+# The data description's quality scales (Ex excellent .. Po poor; NA: no such part of the house).
+QUALITY = {"Ex": 5, "Gd": 4, "TA": 3, "Fa": 2, "Po": 1}
+ORDINAL_SCALES = {
+    **{col: QUALITY for col in ("ExterQual", "ExterCond", "BsmtQual", "BsmtCond", "HeatingQC", "KitchenQual",
+                                "FireplaceQu", "GarageQual", "GarageCond", "PoolQC")},
+    "BsmtExposure": {"Gd": 4, "Av": 3, "Mn": 2, "No": 1},
+    "BsmtFinType1": {"GLQ": 6, "ALQ": 5, "BLQ": 4, "Rec": 3, "LwQ": 2, "Unf": 1},
+    "BsmtFinType2": {"GLQ": 6, "ALQ": 5, "BLQ": 4, "Rec": 3, "LwQ": 2, "Unf": 1},
+    "GarageFinish": {"Fin": 3, "RFn": 2, "Unf": 1},
+}
+SCORE_SUFFIX = "Score"  # ExterQual -> ExterQualScore
+# Sums of areas (sq ft) or of bathrooms, and sale-year differences (years).
+TOTALS = {
+    "TotalSF": ("TotalBsmtSF", "1stFlrSF", "2ndFlrSF"),
+    "PorchSF": ("OpenPorchSF", "EnclosedPorch", "3SsnPorch", "ScreenPorch", "WoodDeckSF"),
+}
+AGES = {"HouseAge": "YearBuilt", "RemodAge": "YearRemodAdd"}  # YrSold minus the year
+SOLD = "YrSold"
+QUALITY_AREA = {"QualGrLivArea": "GrLivArea", "QualTotalSF": "TotalSF"}  # OverallQual x sq ft
+OVERALL = "OverallQual"
+ENGINEERED_INPUTS = sorted({c for cols in TOTALS.values() for c in cols} | set(AGES.values()) | {SOLD, OVERALL}
+                           | {"FullBath", "HalfBath", "BsmtFullBath", "BsmtHalfBath"} | set(ORDINAL_SCALES)
+                           | {"GrLivArea"})
+
+
+def engineer(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``frame`` with the engineered columns added. A missing input stays missing (the median
+    fill then treats it as any other gap); a scale's NA or unknown grade scores 0."""
+    missing = [c for c in ENGINEERED_INPUTS if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{name}: missing column(s) {missing[:5]} that the engineered features are made of; "
+                            "expected the competition's columns, or 'houses.prepare.engineered_features': false")
+    numbers = frame[[c for c in ENGINEERED_INPUTS if c not in ORDINAL_SCALES]].apply(pd.to_numeric, errors="coerce")
+    new = {total: numbers[list(cols)].sum(axis=1, min_count=len(cols)) for total, cols in TOTALS.items()}
+    new["TotalBath"] = (numbers["FullBath"] + numbers["BsmtFullBath"]
+                        + 0.5 * (numbers["HalfBath"] + numbers["BsmtHalfBath"]))
+    new.update({age: numbers[SOLD] - numbers[year] for age, year in AGES.items()})
+    new.update({col: numbers[OVERALL] * (new[area] if area in new else numbers[area])
+                for col, area in QUALITY_AREA.items()})
+    new.update({col + SCORE_SUFFIX: frame[col].map(scale).fillna(0).astype(float)
+                for col, scale in ORDINAL_SCALES.items()})
+    return pd.concat([frame, pd.DataFrame(new, index=frame.index)], axis=1)
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -30,6 +82,11 @@ class FeatureSpec:
     means: dict[str, float]
     stds: dict[str, float]
     categories: dict[str, list[str]]
+    engineered: bool  # ``engineer`` runs before the other steps
+    # The training rows' range per numeric column (after the median fill, before log1p) that
+    # other rows are clipped to; empty: no clipping.
+    lows: dict[str, float]
+    highs: dict[str, float]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,25 +159,34 @@ def check_ids(frame: pd.DataFrame, name: str, lines: list[int] | None = None) ->
                             f"{where(second)}); {ID_EXPECTED}")
 
 
-def check_rows(n_rows: int, val_fraction: float, name: str) -> None:
-    """The split keeps at least one row for validation and one for training."""
+def check_rows(n_rows: int, val_fraction: float, folds: int, name: str) -> None:
+    """The split keeps at least one row for validation and one for training; every fold holds one out."""
     n_train, n_val = split_sizes(n_rows, val_fraction)
     if n_val < 1 or n_train < 1:
         raise PipelineError(f"{name}: {n_rows} row(s) give {n_val} to the validation split and {n_train} to "
                             f"training ('{FRACTION_KEY}' {val_fraction}); expected at least one row in each: "
                             "more rows, or another fraction")
+    if n_rows < folds:
+        raise PipelineError(f"{name}: {n_rows} row(s) cannot fill {folds} cross-validation folds "
+                            f"('houses.prepare.cv_folds'); expected at least one row per fold: more rows, "
+                            "or fewer folds")
 
 
 def _is_numeric(col: str, series: pd.Series) -> bool:
     return col not in NOMINAL_CODES and pd.api.types.is_numeric_dtype(series)
 
 
-def fit_features(train: pd.DataFrame, skew_threshold: float) -> FeatureSpec:
+def fit_features(train: pd.DataFrame, skew_threshold: float, engineered: bool = False,
+                 clip: bool = False) -> FeatureSpec:
     features = train.drop(columns=[ID, TARGET], errors="ignore")
+    if engineered:
+        features = engineer(features, "training rows")
     numeric = [c for c in features.columns if _is_numeric(c, features[c])]
     categorical = [c for c in features.columns if c not in numeric]
     medians = {c: float(features[c].median()) if features[c].notna().any() else 0.0 for c in numeric}
     filled = features[numeric].fillna(medians).astype(float)
+    lows = {c: float(filled[c].min()) for c in numeric} if clip else {}
+    highs = {c: float(filled[c].max()) for c in numeric} if clip else {}
     skew = filled.skew()
     log1p = [c for c in numeric if abs(skew[c]) > skew_threshold and filled[c].min() >= 0]
     filled[log1p] = np.log1p(filled[log1p])
@@ -128,11 +194,13 @@ def fit_features(train: pd.DataFrame, skew_threshold: float) -> FeatureSpec:
     # A constant column gets std 1 so it standardises to 0 instead of NaN.
     stds = {c: float(filled[c].std(ddof=0)) or 1.0 for c in numeric}
     categories = {c: sorted(features[c].fillna("NA").astype(str).unique().tolist()) for c in categorical}
-    return FeatureSpec(numeric, medians, log1p, means, stds, categories)
+    return FeatureSpec(numeric, medians, log1p, means, stds, categories, engineered, lows, highs)
 
 
 def transform(spec: FeatureSpec, frame: pd.DataFrame, name: str) -> np.ndarray:
     """Rows of ``frame`` -> float32 matrix with columns ``spec.names``."""
+    if spec.engineered:
+        frame = engineer(frame, name)
     missing = [c for c in spec.numeric + list(spec.categories) if c not in frame.columns]
     if missing:
         raise PipelineError(f"{name}: missing feature column(s) {missing[:5]}")
@@ -141,6 +209,8 @@ def transform(spec: FeatureSpec, frame: pd.DataFrame, name: str) -> np.ndarray:
     if not_numbers:
         raise PipelineError(f"{name}: non-numeric values in numeric column(s) {not_numbers[:5]}")
     numeric = numeric.fillna(spec.medians).astype(float)
+    if spec.lows:
+        numeric = numeric.clip(lower=pd.Series(spec.lows), upper=pd.Series(spec.highs), axis=1)
     # Clip at 0 before log1p: a negative value in a column whose training values were >= 0.
     numeric[spec.log1p] = np.log1p(numeric[spec.log1p].clip(lower=0))
     numeric = (numeric - pd.Series(spec.means)) / pd.Series(spec.stds)
@@ -149,6 +219,24 @@ def transform(spec: FeatureSpec, frame: pd.DataFrame, name: str) -> np.ndarray:
         values = frame[col].fillna("NA").astype(str).to_numpy()
         blocks.append((values[:, None] == np.asarray(cats)[None, :]).astype(np.float32))
     return np.concatenate(blocks, axis=1)
+
+
+def fold_indices(n_rows: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K-fold cross-validation: (fitting, held-out) row positions per fold, each row held out
+    exactly once. The same folds as scikit-learn's ``KFold(folds, shuffle=True,
+    random_state=seed)`` (a test checks), without importing it into the data stage."""
+    order = np.arange(n_rows)
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(folds, n_rows // folds)
+    sizes[: n_rows % folds] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    held_out = [np.sort(order[start:stop]) for start, stop in zip(bounds, bounds[1:])]
+    return [(np.setdiff1d(np.arange(n_rows), rows), rows) for rows in held_out]
+
+
+def outliers(frame: pd.DataFrame, min_living_area: float, max_price: float) -> np.ndarray:
+    """Rows over ``min_living_area`` sq ft sold below ``max_price`` dollars (the partial sales)."""
+    return ((frame[LIVING_AREA] > min_living_area) & (frame[TARGET] < max_price)).to_numpy()
 
 
 def split_sizes(n_rows: int, val_fraction: float) -> tuple[int, int]:

@@ -3,6 +3,12 @@
 Widths are configurable (the recipe has 10 and 5). The network predicts
 log1p(price), not the price: the recipe's loss takes log1p of the raw output and
 is NaN as soon as an output falls below -1; in log space it never is.
+
+``skip``: a linear path from the inputs straight to the output, added to the
+hidden layers' output (a ridge regression beside the net, decayed by the same
+weight decay): on these features most of the log-price is linear, and the
+hidden layers are left the rest to learn. It starts at zero, so the initial net
+is the one without it.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from torch import nn
 
 
 class HouseMLP(nn.Module):
-    def __init__(self, n_input: int, hidden: tuple[int, ...] = (10, 5), output_bias: float = 0.0):
+    def __init__(self, n_input: int, hidden: tuple[int, ...] = (10, 5), output_bias: float = 0.0,
+                 skip: bool = False):
         super().__init__()
         widths = [n_input, *hidden]
         layers: list[nn.Module] = []
@@ -26,6 +33,12 @@ class HouseMLP(nn.Module):
                 nn.init.zeros_(layer.bias)
         # Start at the mean training log-price so early steps fit shape, not offset.
         nn.init.constant_(self.net[-1].bias, output_bias)
+        self.skip = nn.Linear(n_input, 1, bias=False) if skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        out = self.net(x)
+        if self.skip is not None:
+            out = out + self.skip(x)
+        return out.squeeze(-1)

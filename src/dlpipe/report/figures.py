@@ -182,6 +182,25 @@ def predictions_figure(frame: pd.DataFrame, rmsle: float | None) -> bytes:
         return png(fig)
 
 
+def cv_curve_figure(frame: pd.DataFrame) -> bytes:
+    """The cross-validation curve: each fold's validation RMSLE per epoch (thin), their mean
+    (thick) and the chosen epoch, the mean's minimum (dashed)."""
+    chosen = int(frame["chosen_epoch"].iloc[0])
+    folds = [col for col in frame.columns if col.startswith("fold_")]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.2, 3.6))
+        for col in folds:
+            ax.plot(frame["epoch"], frame[col], lw=0.8, alpha=0.45, label=col.replace("_", " "))
+        ax.plot(frame["epoch"], frame["cv_rmsle"], color="black", lw=2, label="mean over the folds")
+        best = float(frame.loc[frame["epoch"] == chosen, "cv_rmsle"].iloc[0])
+        ax.axvline(chosen, color=USED_COLOR, ls="--", lw=1.4, label=f"chosen: epoch {chosen} ({best:.4f})")
+        ax.set(xlabel="epoch", ylabel="validation RMSLE (all held-out rows)",
+               title="Cross-validation curve")
+        ax.legend(ncol=2)
+        fig.tight_layout()
+        return png(fig)
+
+
 def submission_figure(prices: np.ndarray) -> bytes:
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(5, 2.8))

@@ -217,6 +217,22 @@ def houses_predictions(model: Model, metrics: dict, root: Path, csv: str) -> lis
                     figures.predictions_figure(frame, rmsle), caption, wide=True)]
 
 
+def houses_cv(model: Model, metrics: dict, root: Path, curve_csv: str, record_json: str) -> list[dict]:
+    frame = pd.read_csv(root / curve_csv)
+    record = json.loads((root / record_json).read_text())
+    caption = (f"{record['cv_folds']} folds, {record['cv_seeds']} seed(s) each, {record['cv_epochs_run']} epochs: a "
+               "fold's RMSLE is that of its seeds' mean prediction on all its held-out rows; the chosen epoch "
+               "is the mean curve's minimum, and the submission averages every fold model's test prediction "
+               "there.")
+    rows = [[f"fold {i + 1}", fmt(value), fmt(without)] for i, (value, without) in enumerate(
+        zip(record["cv_fold_rmsle"], record["cv_fold_rmsle_without_outliers"]))]
+    rows.append(["mean (sd)", f"{fmt(record['cv_rmsle'])} ({fmt(record['cv_rmsle_sd'])})",
+                 fmt(record["cv_rmsle_without_outliers"])])
+    return [_figure("Cross-validation: validation RMSLE per epoch", figures.cv_curve_figure(frame), caption),
+            _table(f"RMSLE per fold at epoch {record['cv_epoch']} ({record_json})",
+                   ["", "all held-out rows", "without the outliers"], rows)]
+
+
 def submission(model: Model, metrics: dict, root: Path, csv: str) -> list[dict]:
     frame = pd.read_csv(root / csv)
     prices = frame["SalePrice"].to_numpy(dtype=float)
@@ -277,7 +293,8 @@ def mistakes(model: Model, metrics: dict, root: Path, records_json: str) -> list
     return [_table(title, ["actual", "predicted", "images", "share of the actual class"], rows)]
 
 
-EXTRAS = {"houses_predictions": houses_predictions, "submission": submission, "dcgan_fid": dcgan_fid,
+EXTRAS = {"houses_predictions": houses_predictions, "houses_cv": houses_cv, "submission": submission,
+          "dcgan_fid": dcgan_fid,
           "class_shares": class_shares, "mistakes": mistakes}
 
 
@@ -392,7 +409,8 @@ def context(raw: dict, root: Path = Path("."), params_text: str = "") -> dict:
         sections.append(model_section(model, outs, raw, root, notes))
     models = [m for m in models if m.name in metrics]
     head, comparison = compare(root)
-    notes += [f"No earlier values of {path}: {reason}." for path, reason in comparison.missing.items()]
+    # In path order: `dvc metrics diff` lists the files in an order that differs between runs.
+    notes += [f"No earlier values of {path}: {reason}." for path, reason in sorted(comparison.missing.items())]
     if skipped:
         log.info("report: no stage in dvc.yaml produces the metrics of %s; left out", ", ".join(skipped))
     summary = summary_rows(models, metrics, comparison)

@@ -14,6 +14,9 @@ from dlpipe.models.mlp import HouseMLP
 LR_FIND_JSON = Path("reports/lr_find/houses.json")
 WEIGHTS = Path("models/houses.pt")
 CHECKPOINT = Path("checkpoints/houses/last.pt")
+# cv_houses' outputs, read by evaluate_houses
+CV_RECORD = Path("reports/cv/houses.json")  # every number of the cross-validation
+CV_PREDICTIONS = Path("models/houses_cv_predictions.pt")  # test Ids and the bagged test log-prices
 
 
 def loaders(params: Params, device: torch.device) -> tuple[TensorLoader, TensorLoader]:
@@ -25,8 +28,14 @@ def loaders(params: Params, device: torch.device) -> tuple[TensorLoader, TensorL
     return train_loader, val_loader
 
 
-def build_model(params: Params, train_loader: TensorLoader, device: torch.device) -> HouseMLP:
-    torch.manual_seed(params.seed)  # same initial weights for the range test and training
-    mean_log_price = float(train_loader.targets.mean())
-    model = HouseMLP(train_loader.inputs.shape[1], params.houses.model.hidden, output_bias=mean_log_price)
-    return model.to(device)
+def build_model(params: Params, train_loader: TensorLoader, device: torch.device, seed: int | None = None) -> HouseMLP:
+    """``houses.model`` for the loader's inputs, its initial weights drawn from ``seed``
+    (default ``params.seed``: the same for the range test and training)."""
+    torch.manual_seed(params.seed if seed is None else seed)
+    return empty_model(params, train_loader.inputs.shape[1], float(train_loader.targets.mean())).to(device)
+
+
+def empty_model(params: Params, n_features: int, mean_log_price: float = 0.0) -> HouseMLP:
+    """``houses.model``; the output bias starts at ``mean_log_price`` (weights to load: any)."""
+    cfg = params.houses.model
+    return HouseMLP(n_features, cfg.hidden, output_bias=mean_log_price, skip=cfg.skip)

@@ -1,5 +1,8 @@
 """Stage prepare_houses: split, fit the feature pipeline on the training split only,
-and write tensors for train / val / test plus the fitted pipeline as JSON."""
+and write tensors for train / val / test plus the fitted pipeline as JSON.
+
+The cross-validation folds get the same treatment, each its own pipeline fitted
+on its own fitting rows: ``cv_fold<i>.pt`` (see ``cv_fold``)."""
 
 from __future__ import annotations
 
@@ -54,51 +57,86 @@ def read_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def prepare(train_all: pd.DataFrame, test: pd.DataFrame, cfg: HousesPrepare) -> dict:
-    """Pure: split, fit on the training rows, transform all three. Returns tensors and the spec."""
-    train_pos, val_pos = hf.split_indices(len(train_all), cfg.val_fraction, cfg.split_seed)
-    train, val = train_all.iloc[train_pos], train_all.iloc[val_pos]
-    val_outlier = (val[hf.LIVING_AREA] > cfg.outlier_min_living_area).to_numpy()
-    dropped = []
-    if cfg.drop_outliers:
-        is_outlier = train[hf.LIVING_AREA] > cfg.outlier_min_living_area
-        dropped = train.loc[is_outlier, hf.ID].tolist()
-        train = train[~is_outlier]
-        if train.empty:
-            raise PipelineError(
-                f"every one of the {len(dropped)} training rows is over {cfg.outlier_min_living_area:g} sq ft and "
-                "would be dropped ('houses.prepare.outlier_min_living_area', 'houses.prepare.drop_outliers'); "
-                "expected at least one training row left")
-    spec = hf.fit_features(train, cfg.skew_threshold)
+def fitting_rows(rows: pd.DataFrame, cfg: HousesPrepare) -> tuple[pd.DataFrame, list[int]]:
+    """``rows`` without its outliers when ``drop_outliers`` (fitting rows only), and the Ids dropped."""
+    if not cfg.drop_outliers:
+        return rows, []
+    is_outlier = hf.outliers(rows, cfg.outlier_min_living_area, cfg.outlier_max_price)
+    kept = rows[~is_outlier]
+    if kept.empty:
+        raise PipelineError(
+            f"every one of the {len(rows)} training rows is over {cfg.outlier_min_living_area:g} sq ft and under "
+            f"{cfg.outlier_max_price:,.0f} dollars and would be dropped ('houses.prepare.outlier_min_living_area', "
+            "'houses.prepare.outlier_max_price', 'houses.prepare.drop_outliers'); expected at least one "
+            "training row left")
+    return kept, rows.loc[is_outlier, hf.ID].tolist()
 
-    def target(frame: pd.DataFrame) -> torch.Tensor:
-        return torch.tensor(np.log1p(frame[hf.TARGET].to_numpy(dtype=np.float64)), dtype=torch.float32)
 
-    def ids(frame: pd.DataFrame) -> torch.Tensor:
-        return torch.tensor(frame[hf.ID].to_numpy(dtype=np.int64))
+def target(frame: pd.DataFrame) -> torch.Tensor:
+    return torch.tensor(np.log1p(frame[hf.TARGET].to_numpy(dtype=np.float64)), dtype=torch.float32)
 
-    splits = {
-        "train": {"x": torch.from_numpy(hf.transform(spec, train, "train split")), "y": target(train), "id": ids(train)},
-        "val": {"x": torch.from_numpy(hf.transform(spec, val, "validation split")), "y": target(val), "id": ids(val),
-                "outlier": torch.tensor(val_outlier)},
-        "test": {"x": torch.from_numpy(hf.transform(spec, test, "test.csv")), "id": ids(test)},
+
+def ids(frame: pd.DataFrame) -> torch.Tensor:
+    return torch.tensor(frame[hf.ID].to_numpy(dtype=np.int64))
+
+
+def fit_and_transform(fit: pd.DataFrame, held_out: pd.DataFrame, test: pd.DataFrame, cfg: HousesPrepare,
+                      held_out_name: str) -> tuple[hf.FeatureSpec, dict[str, dict[str, torch.Tensor]]]:
+    """The feature pipeline fitted on ``fit`` alone; tensors of the fitting, held-out and test rows."""
+    spec = hf.fit_features(fit, cfg.skew_threshold, cfg.engineered_features, cfg.clip_to_training_range)
+
+    def x(frame: pd.DataFrame, name: str) -> torch.Tensor:
+        return torch.from_numpy(hf.transform(spec, frame, name))
+
+    outlier = hf.outliers(held_out, cfg.outlier_min_living_area, cfg.outlier_max_price)
+    return spec, {
+        "train": {"x": x(fit, "train split"), "y": target(fit), "id": ids(fit)},
+        "val": {"x": x(held_out, held_out_name), "y": target(held_out), "id": ids(held_out),
+                "outlier": torch.tensor(outlier)},
+        "test": {"x": x(test, "test.csv"), "id": ids(test)},
     }
+
+
+def cv_fold(tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One fold's tensors in one file: ``fit_*`` (the fitting rows), ``val_*`` (the held-out
+    rows) and ``test_x`` (test.csv through this fold's pipeline; the Ids are test.pt's)."""
+    return {**{f"fit_{k}": v for k, v in tensors["train"].items()},
+            **{f"val_{k}": v for k, v in tensors["val"].items()}, "test_x": tensors["test"]["x"]}
+
+
+def prepare(train_all: pd.DataFrame, test: pd.DataFrame, cfg: HousesPrepare) -> dict:
+    """Pure: the train/val split and the cross-validation folds, each with the feature pipeline
+    fitted on its fitting rows only, and every row set transformed. Returns tensors and the spec."""
+    train_pos, val_pos = hf.split_indices(len(train_all), cfg.val_fraction, cfg.split_seed)
+    train, dropped = fitting_rows(train_all.iloc[train_pos], cfg)
+    val = train_all.iloc[val_pos]
+    spec, splits = fit_and_transform(train, val, test, cfg, "validation split")
+    folds, fold_dropped = {}, []
+    for fold, (fit_pos, held_pos) in enumerate(hf.fold_indices(len(train_all), cfg.cv_folds, cfg.cv_split_seed)):
+        fit, fit_dropped = fitting_rows(train_all.iloc[fit_pos], cfg)
+        folds[f"cv_fold{fold}"] = cv_fold(fit_and_transform(fit, train_all.iloc[held_pos], test, cfg,
+                                                            f"cross-validation fold {fold}")[1])
+        fold_dropped.append(fit_dropped)
     summary = {
         "rows": {name: len(split["id"]) for name, split in splits.items()},
         "features": len(spec.names), "log1p_columns": len(spec.log1p),
-        "dropped_train_outlier_ids": dropped, "val_outlier_ids": val.loc[val_outlier, hf.ID].tolist(),
+        "dropped_train_outlier_ids": dropped,
+        "val_outlier_ids": splits["val"]["id"][splits["val"]["outlier"]].tolist(),
+        "cv": {"folds": cfg.cv_folds, "held_out_rows": [len(f["val_id"]) for f in folds.values()],
+               "features": [f["fit_x"].shape[1] for f in folds.values()], "dropped_fit_outlier_ids": fold_dropped},
     }
-    return {"splits": splits, "spec": spec, "summary": summary}
+    return {"splits": splits, "folds": folds, "spec": spec, "summary": summary}
 
 
 def main(params: Params) -> None:
     train_path, test_path = RAW_DIR / "train.csv", RAW_DIR / "test.csv"
     train_all, test = read_csv(train_path), read_csv(test_path)
     hf.check_columns(train_all, test, str(train_path), str(test_path))
-    hf.check_rows(len(train_all), params.houses.prepare.val_fraction, str(train_path))
-    result = prepare(train_all, test, params.houses.prepare)
+    cfg = params.houses.prepare
+    hf.check_rows(len(train_all), cfg.val_fraction, cfg.cv_folds, str(train_path))
+    result = prepare(train_all, test, cfg)
     with atomic_dir(PREPARED_DIR) as staging:
-        for name, tensors in result["splits"].items():
+        for name, tensors in {**result["splits"], **result["folds"]}.items():
             save_split(staging, name, tensors)
         write_json(staging / "features.json", result["spec"].to_dict())
         write_json(staging / "summary.json", result["summary"])

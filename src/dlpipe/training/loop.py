@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -171,13 +171,32 @@ def fit(model: torch.nn.Module, train_loader, val_loader, task: Task, optimizati
                      state.history)
 
 
+def optimization(parameters: Iterable, cfg: Train, lr: float, steps_per_epoch: int) -> Optimization:
+    """The optimizer over ``parameters`` (or param groups) at ``lr`` and the LR schedule of the
+    ``Train`` section ``cfg`` (training.schedules) over ``cfg.epochs`` epochs."""
+    optimizer = build_optimizer(parameters, cfg, lr)
+    scheduler, per_batch = build_scheduler(optimizer, cfg, steps_per_epoch)
+    return Optimization(optimizer, scheduler, per_batch)
+
+
+def train_epochs(model: torch.nn.Module, train_loader, loss_fn: LossFn, optimization: Optimization,
+                 epochs: int) -> Iterator[int]:
+    """``epochs`` epochs of training with no validation, stopping rule or checkpoint, yielding
+    the epoch just done (1-based) after each: the caller reads the model in between."""
+    scheduler = optimization.scheduler
+    for epoch in range(epochs):
+        train_loader.set_epoch(epoch)
+        train_one_epoch(model, train_loader, loss_fn, optimization.optimizer,
+                        scheduler if optimization.per_batch else None, epoch)
+        if scheduler is not None and not optimization.per_batch:
+            scheduler.step()
+        yield epoch + 1
+
+
 def train(model: torch.nn.Module, parameters: Iterable, train_loader, val_loader, task: Task, cfg: Train,
           lr: float, files: RunFiles, accel: Accel = OFF) -> FitResult:
     """``fit`` as the training stages run it: ``accel`` applied to ``model``, the optimizer
-    over ``parameters`` (or param groups) at ``lr`` and the LR schedule built from the
-    ``Train`` section ``cfg`` (training.schedules), which also gives the stopping rule."""
+    and LR schedule of ``optimization``, and the stopping rule of the ``Train`` section ``cfg``."""
     accel.prepare(model)
-    optimizer = build_optimizer(parameters, cfg, lr)
-    scheduler, per_batch = build_scheduler(optimizer, cfg, len(train_loader))
-    return fit(model, train_loader, val_loader, task, Optimization(optimizer, scheduler, per_batch),
+    return fit(model, train_loader, val_loader, task, optimization(parameters, cfg, lr, len(train_loader)),
                Stopping(cfg.epochs, cfg.patience, cfg.min_delta), files, accel)
