@@ -147,7 +147,6 @@ def test_drop_outliers_trims_train_only_and_keeps_val_whole(frames, cfg):
         pytest.fail("no split seed puts outliers in both splits")
     run = dataclasses.replace(cfg, drop_outliers=True, split_seed=seed)
     result = prepare_houses.prepare(train_all, test, run)
-    area = train_all.set_index(hf.ID)[hf.LIVING_AREA]
 
     train_ids, val_ids = ids_of(result, "train"), ids_of(result, "val")
     assert not big & set(train_ids) and large - set(val_ids) <= set(train_ids)

@@ -92,6 +92,17 @@ def test_a_value_the_code_cannot_take_is_refused_with_its_bound(tmp_path, dotted
     assert f"'{dotted}" in message and fragment in message, message
 
 
+EPOCHS = "    batch_size: 64\n    epochs: 300\n"  # houses.train's lines
+
+
+def added_line(old: str, new: str) -> int:
+    """The line number, in params.yaml with ``old`` replaced by ``new``, of the first line that
+    differs: computed from the file, so editing params.yaml moves it with the text."""
+    head = TEXT[:TEXT.index(old)].count("\n")
+    k = next(i for i, (a, b) in enumerate(zip(old.split("\n"), new.split("\n"))) if a != b)
+    return head + k + 1
+
+
 def test_the_bounds_themselves_load(tmp_path):
     raw = copy.deepcopy(RAW)
     for dotted, value in {"seed": 2**32 - 1, "houses.model.hidden": [65_536, 1], "houses.train.epochs": 100_000,
@@ -105,12 +116,13 @@ def test_the_bounds_themselves_load(tmp_path):
 @pytest.mark.parametrize(("old", "new", "where", "kind"), [
     ("\nseed: 42\n", "\nseed: 42\n1: one\n", "'1': the key 1 at line 9, column 1", "an integer"),
     ("    batch_size: 64\n    epochs: 300\n", "    batch_size: 64\n    true: 1\n    epochs: 300\n",
-     "'houses.train.true': the key true at line 88, column 5", "a boolean"),
+     "'houses.train.true': the key true at line {line}, column 5", "a boolean"),
     ("  fetch_houses: 1\n", "  fetch_houses: 1\n  0: 1\n", "'threads.0': the key 0 at line 19, column 3", "an integer"),
     ("\nseed: 42\n", "\nseed: 42\n~: x\n", "'~': the key ~ at line 9, column 1", "null"),
 ])
 def test_a_key_that_is_not_a_string_is_refused_naming_it(tmp_path, old, new, where, kind):
     message = refused(tmp_path, replace_once(old, new))
+    where = where.format(line=added_line(old, new))
     assert f"{tmp_path / 'p.yaml'}: {where} is read as {kind}, not a string" in message, message
     assert "expected string keys only" in message
 
@@ -120,13 +132,16 @@ def test_a_list_as_a_key_is_refused(tmp_path):
     assert "'<top level>': a sequence is a key at line 9, column 3" in message, message
 
 
-@pytest.mark.parametrize(("old", "new", "key", "line", "first"), [
+# at, first: the lines of the duplicate and of the first one, counted from the added line
+@pytest.mark.parametrize(("old", "new", "key", "at", "first"), [
     ("    batch_size: 64\n    epochs: 300\n", "    batch_size: 64\n    epochs: 300\n    epochs: 30\n",
-     "houses.train.epochs", 89, 88),
-    ("\nseed: 42\n", "\nseed: 42\nseed: 1\n", "seed", 9, 8),
-    ("      train.csv: 1e18", "      test.csv: x\n      train.csv: 1e18", "houses.data.sha256.test.csv", 60, 58),
+     "houses.train.epochs", 0, -1),
+    ("\nseed: 42\n", "\nseed: 42\nseed: 1\n", "seed", 0, -1),
+    ("      train.csv: 1e18", "      test.csv: x\n      train.csv: 1e18", "houses.data.sha256.test.csv", 2, 0),
 ])
-def test_a_duplicate_key_is_refused_naming_it_and_both_lines(tmp_path, old, new, key, line, first):
+def test_a_duplicate_key_is_refused_naming_it_and_both_lines(tmp_path, old, new, key, at, first):
+    added = added_line(old, new)
+    line, first = added + at, added + first
     message = refused(tmp_path, replace_once(old, new))
     assert message.startswith(f"{tmp_path / 'p.yaml'}: '{key}': duplicate key at line {line}, column "), message
     assert message.endswith(f" (first at line {first}); expected each key once in a mapping"), message
@@ -149,9 +164,9 @@ def test_an_alias_bomb_is_refused_fast(tmp_path, text):
 
 
 def test_aliases_within_the_cap_load(tmp_path):
-    text = replace_once("    lr: auto                # auto = suggestion of lr_find_houses, or a number\n"
+    text = replace_once("# auto = suggestion of lr_find_houses, or a number\n"
                         "    optimizer:              # name: adam | adamw | sgd (sgd also takes momentum)\n",
-                        "    lr: auto\n    optimizer: &adam\n")
+                        "\n    optimizer: &adam\n")
     text = text.replace("      optimizer: {name: adam, weight_decay: 1.0e-4}", "      optimizer: *adam")
     (tmp_path / "p.yaml").write_text(text)
     params = load_params(tmp_path / "p.yaml")
@@ -204,7 +219,7 @@ def test_python_tags_are_refused(tmp_path):
     (with_value("houses.train.optimizer.weight_decay", math.nan),
      "'houses.train.optimizer.weight_decay': expected a finite number, got .nan"),
     (replace_once("    batch_size: 64\n    epochs: 300\n", "    batch_size: 64\n    epochs: 300\n    epochs: 3\n"),
-     "'houses.train.epochs': duplicate key at line 89"),
+     "'houses.train.epochs': duplicate key at line %d" % added_line(EPOCHS, EPOCHS + "    epochs: 3\n")),
     (replace_once("\nseed: 42\n", "\nseed: 42\n1: one\n"), "'1': the key 1 at line 9, column 1 is read as an integer"),
     (TEXT + laughs(), "values once its YAML aliases (*name) are expanded"),
 ], ids=["nan", "duplicate", "int-key", "billion-laughs"])
