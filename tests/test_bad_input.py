@@ -361,7 +361,7 @@ CASES = [
     Case("params-file-not-yaml", "train_houses", "seed: [1, 2\ndevice: cpu\n",
          (BAD_PARAMS, "not valid YAML", "re:at line \\d+, column \\d+")),
     # lr: auto whose range test did not run (its record is gone) or left no number
-    Case("lr-auto-houses-without-range-test", "train_houses", None,
+    Case("lr-auto-houses-without-range-test", "train_houses", {"houses.train.lr": "auto"},
          ("'houses.train.lr' is 'auto' but reports/lr_find/houses.json does not exist",
           "run its lr_find stage first"),
          setup=lambda c: c.aside("reports/lr_find/houses.json")),
@@ -375,7 +375,7 @@ CASES = [
          {"transfer.finetune.train.lr": "auto"},
          ("'transfer.finetune.train.lr' is 'auto' but reports/lr_find/transfer_finetune.json does not exist",),
          setup=lambda c: c.aside("reports/lr_find/transfer_finetune.json")),
-    Case("lr-auto-record-without-number", "train_houses", None,
+    Case("lr-auto-record-without-number", "train_houses", {"houses.train.lr": "auto"},
          ("reports/lr_find/houses.json: no numeric 'suggested_lr'", "'houses.train.lr: auto'"),
          setup=lambda c: c.write("reports/lr_find/houses.json", b'{"suggested_lr": "steep"}\n')),
 
