@@ -150,8 +150,13 @@ def test_copy_worktree_copies_what_git_would_commit(tmp_path):
     repo = pipeline_run.copy_worktree(REPO, tmp_path / "copy", {"houses.train.epochs": 2})
     assert (repo / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
     assert yaml.safe_load((repo / "params.yaml").read_text())["houses"]["train"]["epochs"] == 2
-    for ignored in ("data", "models", "reports", ".venv"):
+    for ignored in ("data", "models", "checkpoints", ".venv"):
         assert not (repo / ignored).exists()
+    # reports/ holds the text outputs git tracks (metrics, plot data), none of the cached pictures.
+    copied = sorted(str(p.relative_to(repo)) for p in (repo / "reports").rglob("*") if p.is_file())
+    tracked = subprocess.run(["git", "ls-files", "reports"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert copied == sorted(t for t in tracked if (REPO / t).is_file())
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
     assert status.stdout == ""  # everything committed: a clean state
 

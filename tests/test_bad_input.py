@@ -520,7 +520,7 @@ CASES = [
     Case("gan-folder-png-bomb", "prepare_gan", None,
          ("{tmp}/celeba/img_align_celeba/zz_bomb.png: not a readable picture", "DecompressionBombError"),
          setup=lambda c: gan_folder(c, {"zz_bomb.png": png_bomb(
-             (c.repo / "data/raw/transfer/train/face/lfw_000.png").read_bytes())})),
+             min((c.repo / "data/raw/transfer/train/face").glob("*.png")).read_bytes())})),
 
     # ---- weights
     Case("weights-not-a-state-dict", "evaluate_lenet", None, ("models/lenet.pt: ", FILE_NOT_STATE_DICT),

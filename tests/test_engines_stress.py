@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import textwrap
 import time
@@ -38,9 +39,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, clone_run, output_roots
+from conftest import BIN, clone_run, output_roots, write_params
 from dlpipe.io import atomic_path
-from dlpipe.workflow_graph import is_directory, load_stages
+from dlpipe.workflow_graph import is_directory, load_stages, produced_by
 
 OUTPUT_ROOTS = output_roots(checkpoints=False)  # what DVC and git track (checkpoints/ is neither)
 ENGINE_MARKERS = {".snakemake_timestamp", ".gitignore"}
@@ -254,6 +255,19 @@ def snakemake_concurrency(out: str) -> tuple[int, set[frozenset]]:
         elif finished:
             running.discard(finished)
     return most, pairs
+
+
+def upstream_stages(stages, targets) -> set[str]:
+    """The stages a build of `targets` runs on a clean checkout: their producers, transitively."""
+    producer = produced_by(stages)
+    by_name = {s.name: s for s in stages}
+    todo, found = [producer[t] for t in targets], set()
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo += [producer[d] for d in by_name[name].deps if d in producer]
+    return found
 
 
 def test_atomic_writes_to_one_target_get_their_own_temporary_names(tmp_path):
