@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -166,6 +168,30 @@ def rule_inputs(stage: Stage, produced: dict[str, str], root: str | Path = ".") 
         else:
             files.append(dep)
     return files
+
+
+def clamp_future_mtimes(paths, now: float | None = None) -> list[str]:
+    """Set every file (or folder, and a folder's ``.snakemake_timestamp``) of ``paths``
+    whose modification time lies in the future to ``now``; returns what was set.
+
+    After a job, Snakemake refuses outputs older than the job's newest input ("clock
+    skew") and deletes them, and has no setting to decide by content instead. An input
+    dated in the future (copied from a machine whose clock runs ahead, shared storage
+    whose server's does) would make every run of its jobs fail that way, finished work
+    lost each time. Brought back to the present before any job starts, every output a
+    job writes is newer. Only the time moves, never the contents (which DVC hashes)."""
+    now = time.time() if now is None else now
+    clamped = []
+    for path in paths:
+        for item in (Path(path), Path(path) / ".snakemake_timestamp"):
+            try:
+                stat = item.stat()
+            except OSError:  # missing (not built yet), or no folder
+                continue
+            if stat.st_mtime > now:
+                os.utime(item, (min(stat.st_atime, now), now))
+                clamped.append(str(item))
+    return clamped
 
 
 MODEL_SECTIONS = ("houses", "lenet", "transfer", "dcgan")

@@ -1,8 +1,10 @@
 # One rule per dvc.yaml stage. Input = deps, output = outs + metrics + plots
 # (persisted outs left out), params = the stage's params.yaml values, so that a
 # changed value, like a changed command, reruns the rule as `dvc repro` would.
-from dlpipe.workflow_graph import (check_thread_keys, in_report, is_directory, job_params_file, load_stages,
-                                   produced_by, report_category, resolve_params, rule_inputs, stage_threads)
+from dlpipe.workflow_graph import (check_thread_keys, clamp_future_mtimes, in_report, is_directory,
+                                   job_params_file, load_stages, produced_by, report_category, resolve_params,
+                                   rule_inputs, stage_threads)
+from snakemake.logging import logger
 import os
 
 # GPUs on this machine: every job runs its command through dlpipe.gpu_slots,
@@ -31,6 +33,13 @@ JOB_PARAMS = job_params_file(config)
 PARAMS_ARG = f" --params {JOB_PARAMS}" if JOB_PARAMS else ""
 # rule all asks for what no stage consumes: the ends of the graph.
 TERMINAL_OUTPUTS = [out for out in PRODUCED if out not in CONSUMED]
+INPUTS = {stage.name: rule_inputs(stage, PRODUCED) for stage in STAGES}
+# Inputs dated in the future (clock skew) would make Snakemake delete the outputs of
+# every job that reads them: they are brought back to now before any job runs.
+_FUTURE = clamp_future_mtimes(sorted({path for paths in INPUTS.values() for path in paths}))
+if _FUTURE:
+    logger.warning(f"{len(_FUTURE)} input(s) dated in the future (clock skew) set to now, first "
+                   f"{_FUTURE[0]}: the contents are unchanged")
 
 
 # (snakemake --lint asks each rule for a conda environment or a container: the
@@ -42,7 +51,7 @@ for _stage in STAGES:
         name:
             _stage.name
         input:
-            rule_inputs(_stage, PRODUCED),
+            INPUTS[_stage.name],
         output:
             # `snakemake --report`: metrics and pictures by model, each captioned with its stage's desc
             [directory(out) if is_directory(out)
