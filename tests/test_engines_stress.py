@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from conftest import BIN, clone_run, output_roots, write_params
-from dlpipe.io import atomic_path
+from dlpipe.io import HOST, atomic_path
 from dlpipe.workflow_graph import is_directory, load_stages, produced_by
 
 OUTPUT_ROOTS = output_roots(checkpoints=False)  # what DVC and git track (checkpoints/ is neither)
@@ -276,7 +276,9 @@ def test_atomic_writes_to_one_target_get_their_own_temporary_names(tmp_path):
     with atomic_path(target) as first, atomic_path(target) as second:
         assert first != second and first.parent == second.parent == target.parent
         for tmp in (first, second):
-            assert re.fullmatch(r"\.m\.json\.[A-Za-z0-9_]{8}\.tmp", tmp.name), tmp.name
+            # .<name>.<host>-<pid>.<random>.tmp: its owner in its name, as a temporary folder's
+            owner = f"{re.escape(HOST)}-{os.getpid()}"
+            assert re.fullmatch(rf"\.m\.json\.{owner}\.[A-Za-z0-9_]{{8}}\.tmp", tmp.name), tmp.name
         first.write_text("first")
         second.write_text("second")
     assert target.read_text() == "first"  # the outer block finishes last: its rename wins, whole
@@ -326,8 +328,8 @@ def test_snakemake_cores_2_overlaps_jobs_with_private_temp_files_and_serial_outp
         for src, dst in proc["renames"]:
             assert src.startswith(root) and dst.startswith(root), (src, dst)
             assert Path(src).parent == Path(dst).parent, (src, dst)  # same folder: rename is atomic
-            # .<name>.<random>.tmp, or .<name>.<host>-<pid>.<random>.tmp (a folder: its owner in its name)
-            assert re.fullmatch(rf"\.{re.escape(Path(dst).name)}\.(?:[A-Za-z0-9_-]+-\d+\.)?[A-Za-z0-9_]{{8}}\.tmp",
+            # .<name>.<host>-<pid>.<random>.tmp (a file's or a folder's: its owner in its name)
+            assert re.fullmatch(rf"\.{re.escape(Path(dst).name)}\.[A-Za-z0-9-]+-\d+\.[A-Za-z0-9_]{{8}}\.tmp",
                                 Path(src).name), (src, dst)
             temp_names.append(src)
             owners[src].add(proc["stage"])

@@ -8,7 +8,9 @@ in copies of a finished tiny pipeline run, with three epochs of a few batches:
 * killed with SIGKILL (``DLPIPE_FAULT``, see dlpipe.training.faults) in the
   middle of epoch 2, then halfway through writing epoch 2's checkpoint, then
   right after it, and rerun each time: the last rerun finishes with the same
-  bytes as the uninterrupted run.
+  bytes as the uninterrupted run;
+* train_houses stopped by Ctrl-C (SIGINT) in the middle of epoch 2, then while
+  writing epoch 2's checkpoint: one line each, and the rerun ends the same way.
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ def dlpipe(stage: str, root: Path, fault: str | None = None) -> subprocess.Compl
     env.pop("DLPIPE_FAULT", None)
     if fault:
         env["DLPIPE_FAULT"] = fault
+    # SIGINT as a terminal's Ctrl-C finds it, however pytest was started (a background job
+    # of a script inherits it ignored, and Python then leaves it ignored).
     return subprocess.run([sys.executable, "-m", "dlpipe", stage], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -82,6 +86,13 @@ def ok(proc: subprocess.CompletedProcess) -> str:
 
 def killed(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == -signal.SIGKILL, f"expected a SIGKILL, got {proc.returncode}:\n{proc.stderr[-3000:]}"
+
+
+def interrupted(proc: subprocess.CompletedProcess, epoch: int, checkpoint: str) -> None:
+    """Stopped by Ctrl-C: status 130 and one line naming the checkpoint a rerun resumes from."""
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == \
+           f"interrupted: the last checkpoint (epoch {epoch}, {checkpoint}) is kept; rerun to resume"
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +184,29 @@ def test_same_params_give_the_same_bytes_and_a_killed_run_resumes_to_them(stage,
     log = ok(dlpipe(stage, root))
     assert f"resuming from {checkpoint_dir}/last.pt (epoch 2 done)" in log
     assert files_under(root, outputs) == reference, f"{stage}: the resumed run differs from the uninterrupted one"
+    assert same_tree(load_checkpoint(root, stage), load_checkpoint(whole, stage))
+
+
+def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes_to_the_same_bytes(base, tmp_path):
+    """SIGINT from the process itself (``DLPIPE_FAULT=sigint:...``): Python handles it as it
+    handles a terminal's Ctrl-C, at the next bytecode after the point the fault names."""
+    stage = "train_houses"
+    checkpoint, outputs = f"{STAGES[stage][1]}/last.pt", stage_outputs(stage)
+    whole = fresh_workspace(base, tmp_path / "whole", stage)
+    ok(dlpipe(stage, whole))
+
+    root = fresh_workspace(base, tmp_path / "w", stage)
+    interrupted(dlpipe(stage, root, fault="sigint:step:2:1"), 1, checkpoint)  # mid-epoch 2
+    assert checkpoint_epoch(root, stage) == 1
+    assert not any((root / rel).exists() for rel in outputs if rel.startswith("models/"))
+    # Ctrl-C while epoch 2's checkpoint is written: the write finishes first, whole.
+    interrupted(dlpipe(stage, root, fault="sigint:checkpoint:2"), 2, checkpoint)
+    assert checkpoint_epoch(root, stage) == 2
+    assert not list((root / STAGES[stage][1]).glob(".last.pt.*.tmp"))
+
+    clear_outputs(root, stage)
+    assert f"resuming from {checkpoint} (epoch 2 done)" in ok(dlpipe(stage, root))
+    assert files_under(root, outputs) == files_under(whole, outputs)
     assert same_tree(load_checkpoint(root, stage), load_checkpoint(whole, stage))
 
 

@@ -59,10 +59,45 @@ def stage_help(stage: str) -> str:
     return "\n".join(lines)
 
 
+def interrupted() -> str:
+    """The line Ctrl-C ends a stage with: the checkpoint a rerun resumes from, if any."""
+    checkpoint = sys.modules.get("dlpipe.training.checkpoint")  # loaded by the training stages only
+    kept = checkpoint.last_kept() if checkpoint else None
+    if kept is None:
+        return "interrupted: nothing to resume; rerun to start again"
+    path, epoch = kept
+    return f"interrupted: the last checkpoint (epoch {epoch}, {path}) is kept; rerun to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a stage. Bad input (PipelineError) and a file the system refused (an OSError:
+    a full disk, a read-only folder) end with one ``error:`` line and exit status 2, Ctrl-C
+    with one ``interrupted:`` line and 130 (128 + SIGINT, as a shell reports it); never a
+    traceback. A SIGINT the parent ignores (a background job of a script) stays ignored."""
+    from dlpipe.errors import PipelineError, os_error_line
+
+    try:
+        return run(argv)
+    except PipelineError as exc:
+        message = str(exc)
+    except BrokenPipeError:  # stdout closed early (`--list | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails silently
+        return 1
+    except OSError as exc:
+        if exc.errno is None:  # not the system's refusal: a library's own error, left as it is
+            raise
+        message = os_error_line(exc.filename, exc.errno)
+    except KeyboardInterrupt:
+        print(interrupted(), file=sys.stderr)
+        return 130
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def run(argv: list[str] | None) -> int:
+    """``main`` without the error handling: list, help, or run one stage."""
     from dlpipe.config import load_params
-    from dlpipe.errors import PipelineError
-    from dlpipe.io import sigterm_unwinds
+    from dlpipe.io import outputs_together, sigterm_unwinds
     from dlpipe.runtime import pin_threads
     from dlpipe.workflow_graph import check_thread_keys, stage_threads
 
@@ -81,19 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    try:
-        # A stage that is sent SIGTERM unwinds (exit status 143 as before): its partial
-        # downloads and temporary folders are removed on the way out.
-        with sigterm_unwinds():
-            params = load_params(args.params)
-            check_thread_keys(params.raw, stages, args.params)
-            threads = stage_threads(params.raw, args.stage, args.params)
-            pin_threads(args.stage, threads)
-            module = importlib.import_module(f"dlpipe.stages.{args.stage}")
-            module.main(params)
-    except PipelineError as exc:
-        print(f"error: {one_line(str(exc))}", file=sys.stderr)
-        return 2
+    # A stage that is sent SIGTERM unwinds (exit status 143 as before): its partial
+    # downloads and temporary folders are removed on the way out. Its outputs are
+    # replaced together when it succeeds, none of them when it fails or is stopped.
+    with sigterm_unwinds(), outputs_together():
+        params = load_params(args.params)
+        check_thread_keys(params.raw, stages, args.params)
+        threads = stage_threads(params.raw, args.stage, args.params)
+        pin_threads(args.stage, threads)
+        module = importlib.import_module(f"dlpipe.stages.{args.stage}")
+        module.main(params)
     return 0
 
 

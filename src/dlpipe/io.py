@@ -1,13 +1,20 @@
-"""Atomic file writes and checksums.
+"""Atomic file writes, a stage's outputs as one set, signals, checksums.
 
 Every output goes to a temporary file in the destination folder, is flushed to
 disk, then renamed over the target: a killed stage never leaves a half file
 that looks finished, and a failed stage leaves the previous output in place.
+Inside ``outputs_together`` (``python -m dlpipe`` runs every stage in one) the
+renames wait until the stage has succeeded, so its outputs are replaced as one
+set or not at all; progress (checkpoints) is written ``immediate``.
 
-Temporary folders (``atomic_dir``'s staging, ``scratch_dir``'s downloads) carry their
-owner in their name, host and pid: a run that was killed (SIGKILL, a lost node) leaves
-one behind, and the next run removes those whose process is gone, never one that a
-live process (another stage, another engine) is still filling.
+Temporary files and folders carry their owner in their name, host and pid
+(``.<name>.<host>-<pid>.<random>.tmp``): a run that was killed (SIGKILL, a lost
+node) leaves one behind, and the next run removes those whose process is gone,
+never one that a live process (another stage, another engine) is still filling.
+
+The system refusing a write (a full disk, a read-only folder, a file size limit)
+raises ``FileRefused`` naming the target, not the temporary name the system saw
+(or nothing: torch.save turns the OSError into a RuntimeError without the path).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import threading
 from pathlib import Path
 from typing import IO, Iterator
 
-from dlpipe.errors import PipelineError
+from dlpipe.errors import REMEDIES, FileRefused, PipelineError
 
 
 def _umask() -> int:
@@ -35,23 +42,134 @@ def _umask() -> int:
     return mask
 
 
+# The outputs_together block open in this process: [(temporary, target)] waiting for their
+# rename (None: no block, every write is renamed at once); and the staging folders of the
+# atomic_dir blocks open now, whose contents are renamed with the folder.
+_PENDING: list[tuple[Path, Path]] | None = None
+_STAGING: list[Path] = []
+
+
+def _owner() -> str:
+    """``<host>-<pid>``: who a temporary name belongs to (the pid at the call: a fork has its own)."""
+    return f"{HOST}-{os.getpid()}"
+
+
+def _inside(path: str | Path, folder: Path) -> Path | None:
+    """``path`` relative to ``folder`` when it is that folder or under it, else None."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path.relative_to(folder) if path == folder or folder in path.parents else None
+
+
+def _refusal(exc: BaseException, target: Path, tmp: Path | None) -> FileRefused | None:
+    """``exc`` as the FileRefused of ``target`` when it is the system refusing a write of the
+    temporary ``tmp`` (or a file under it): an OSError naming it or no file, one raised before
+    ``tmp`` existed, a nested atomic write's FileRefused, or torch.save's RuntimeError whose
+    context is the OSError. None: any other error, which keeps its own name."""
+    if isinstance(exc, FileRefused):
+        path, code = exc.path, exc.code
+    elif isinstance(exc, OSError):
+        path, code = exc.filename, exc.errno
+    elif isinstance(exc, RuntimeError) and isinstance(exc.__context__, OSError):
+        path, code = exc.__context__.filename, exc.__context__.errno
+    else:
+        return None
+    if code not in REMEDIES:
+        return None
+    if path is None or tmp is None:
+        return FileRefused(target, code)
+    inner = _inside(path, tmp)
+    return None if inner is None else FileRefused(target / inner, code)
+
+
+class _NamedRefusals:
+    """A block whose refused writes raise FileRefused naming ``target`` (see ``_refusal``);
+    set ``tmp`` once the temporary exists."""
+
+    def __init__(self, target: Path):
+        self.target, self.tmp = target, None
+
+    def __enter__(self) -> "_NamedRefusals":
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        refused = _refusal(exc, self.target, self.tmp) if exc is not None else None
+        if refused is not None:
+            raise refused from None
+        return False
+
+
+def _deferred(tmp: Path, target: Path, immediate: bool) -> bool:
+    """Whether the rename of ``tmp`` over ``target`` waits for the outputs_together block
+    (True: it is queued there) rather than happening now."""
+    if _PENDING is None or immediate or any(_inside(target, staging) for staging in _STAGING):
+        return False
+    _PENDING.append((tmp, target))
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
+def atomic_path(target: str | Path, immediate: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success, or,
+    inside ``outputs_together``, when that block succeeds (``immediate``: now regardless:
+    progress such as a checkpoint, which must be on disk when written)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with _NamedRefusals(target) as refusals:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(target.parent, f".{target.name}.")
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_owner()}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        refusals.tmp = tmp_path = Path(tmp)
+        queued = False
+        try:
+            # mkstemp makes it 0600; the finished file gets the mode a plain open() would.
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            yield tmp_path
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            queued = _deferred(tmp_path, target, immediate)
+            if not queued:
+                os.replace(tmp_path, target)
+        finally:
+            if not queued:
+                tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def outputs_together() -> Iterator[None]:
+    """Every atomic write in this block (``atomic_path``, ``atomic_dir``) is kept under its
+    temporary name, and all are renamed over their targets, in order, when the block ends
+    without an exception (Ctrl-C waits for the renames); on any exception, Ctrl-C included,
+    none is and the temporaries are removed. Not held back: ``immediate`` writes, and files
+    inside an open ``atomic_dir`` staging folder (the folder is renamed as one). A nested
+    block joins the outer one."""
+    global _PENDING
+    if _PENDING is not None:
+        yield
+        return
+    _PENDING = pending = []
     try:
-        # mkstemp makes it 0600; the finished file gets the mode a plain open() would.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
+        yield
+        with sigint_deferred():
+            while pending:
+                tmp, target = pending[0]
+                with _NamedRefusals(target) as refusals:
+                    refusals.tmp = tmp
+                    if tmp.is_dir():
+                        _swap_dir(tmp, target)
+                    else:
+                        os.replace(tmp, target)
+                pending.pop(0)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        _PENDING = None
+        for tmp, _ in pending:
+            _remove(tmp)
 
 
 @contextlib.contextmanager
@@ -117,10 +235,7 @@ def sweep_stale(folder: Path, prefix: str) -> list[Path]:
         match = owned.fullmatch(path.name)
         if not match or match["host"] != HOST or pid_alive(int(match["pid"])):
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        _remove(path)
         removed.append(path)
     return removed
 
@@ -130,7 +245,7 @@ def owned_tempdir(folder: Path, prefix: str) -> Path:
     of that prefix whose owner is gone."""
     folder.mkdir(parents=True, exist_ok=True)
     sweep_stale(folder, prefix)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{HOST}-{os.getpid()}.", suffix=".tmp", dir=folder))
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_owner()}.", suffix=".tmp", dir=folder))
 
 
 @contextlib.contextmanager
@@ -165,32 +280,77 @@ def sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+# Whether a sigint_deferred block is open (a nested one leaves the outer one's handlers).
+_HOLDING = False
+
+
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary name, then swap it in for ``target``.
+def sigint_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT), and SIGTERM where a Python handler takes it (``sigterm_unwinds``),
+    wait until this block is done, then act as they would have: a checkpoint being written,
+    or a set of renames, is finished whole first. Off the main thread, where a signal is
+    ignored or left to its default action, or nested, nothing changes."""
+    global _HOLDING
+    if _HOLDING or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {signum: handler for signum, handler in handlers.items() if callable(handler)}
+    for signum in handlers:
+        signal.signal(signum, lambda signum, frame: held.append(signum))
+    _HOLDING = True
+    try:
+        yield
+    finally:
+        _HOLDING = False
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            handlers[signum](signum, None)  # default_int_handler raises KeyboardInterrupt here
+
+
+def _swap_dir(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` in place of ``target``, the old one kept as
+    ``.<name>.old`` between the two renames (``atomic_dir`` puts it back after a kill there)."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    had_old = target.exists()
+    if had_old:
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, immediate: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name, then swap it in for ``target`` (inside
+    ``outputs_together``: when that block succeeds, unless ``immediate``).
 
     The old folder survives until the new one is complete, so a failure while
     building leaves the previous output untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}.old")
-    if old.exists() and not target.exists():
-        # A kill between the two renames below: put the previous output back.
-        os.replace(old, target)
-    tmp = owned_tempdir(target.parent, f".{target.name}.")
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; mkdir() would not
-        yield tmp
-        shutil.rmtree(old, ignore_errors=True)
-        had_old = target.exists()
-        if had_old:
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if had_old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _NamedRefusals(target) as refusals:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        old = target.with_name(f".{target.name}.old")
+        if old.exists() and not target.exists():
+            # A kill between the two renames of _swap_dir: put the previous output back.
+            os.replace(old, target)
+        refusals.tmp = tmp = owned_tempdir(target.parent, f".{target.name}.")
+        _STAGING.append(tmp)
+        queued = False
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; mkdir() would not
+            yield tmp
+            queued = _deferred(tmp, target, immediate)
+            if not queued:
+                _swap_dir(tmp, target)
+        finally:
+            _STAGING.remove(tmp)
+            if not queued:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -17,11 +17,12 @@ from dlpipe.errors import PipelineError
 from dlpipe.io import atomic_path
 
 
-def save_tensors(path: str | Path, obj: dict) -> None:
+def save_tensors(path: str | Path, obj: dict, immediate: bool = False) -> None:
+    """``immediate``: on disk at once, even inside ``io.outputs_together`` (a checkpoint)."""
     # Through a file handle: torch.save names the zip's inner folder after a
     # *path* (here a random temp name), which would make equal tensors give
     # different bytes and different DVC hashes.
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, immediate) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
 
 

@@ -21,8 +21,9 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
-    """``images``: uint8 N x C x H x W (C = 1 or 3); a square-ish grid with 2 px gaps."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, immediate: bool = False) -> None:
+    """``images``: uint8 N x C x H x W (C = 1 or 3); a square-ish grid with 2 px gaps.
+    ``immediate``: on disk at once, even inside ``io.outputs_together`` (a training run's progress)."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 N x (1|3) x H x W images, got {images.dtype} {tuple(images.shape)}")
     nrow = nrow or math.ceil(math.sqrt(len(images)))
@@ -30,5 +31,5 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     if images.shape[1] == 1:
         grid = grid[:1]  # make_grid repeats grey to 3 channels; keep one
     array = grid.permute(1, 2, 0).squeeze(-1).numpy()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, immediate) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")

@@ -61,15 +61,16 @@ def grid_name(epoch: int) -> str:
 class EpochGrids:
     """The fixed-noise grid after every epoch: into the checkpoint folder (which
     survives a rerun: DVC and Snakemake delete a stage's outputs before running
-    it) and into reports/dcgan for a look while training runs."""
+    it) and into reports/dcgan for a look while training runs. Both are progress,
+    written at once (``immediate``); ``publish`` makes reports/dcgan the stage's output."""
 
     def __init__(self, fixed_noise: torch.Tensor):
         self.fixed_noise = fixed_noise
 
     def __call__(self, epoch: int, generator: torch.nn.Module) -> None:
         images = to_uint8(generate(generator, self.fixed_noise))
-        save_grid(images, SAMPLES_STORE / grid_name(epoch))
-        save_grid(images, SAMPLES_DIR / grid_name(epoch))
+        save_grid(images, SAMPLES_STORE / grid_name(epoch), immediate=True)
+        save_grid(images, SAMPLES_DIR / grid_name(epoch), immediate=True)
 
     @staticmethod
     def publish(epochs: int) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlpipe.io import atomic_path, sha256_file
+from dlpipe.io import atomic_path, sha256_file, sigint_deferred, sweep_stale
 from dlpipe.tensor_io import save_tensors
 from dlpipe.training import faults
 
@@ -48,18 +48,38 @@ def run_identity(stage_module: str, params, inputs: list[Path], **values) -> str
     return digest.hexdigest()
 
 
+# The checkpoint this process last wrote or resumed from: (path, epochs done); None: none.
+# What an interrupted stage says is kept (python -m dlpipe on Ctrl-C).
+_kept: tuple[Path, int] | None = None
+
+
+def last_kept() -> tuple[Path, int] | None:
+    return _kept
+
+
 def save(path: str | Path, obj: dict) -> None:
-    """A resumable checkpoint, written atomically (dlpipe.tensor_io); the fault
-    points of the kill tests sit here, not in the tensor I/O every stage uses."""
-    if "epoch" in obj and faults.armed("checkpoint", obj["epoch"]):
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            buffer = io.BytesIO()
-            torch.save(obj, buffer)
-            fh.write(buffer.getvalue()[: buffer.tell() // 2])
-            fh.flush()
-            os.fsync(fh.fileno())
-            faults.kill_now()
-    save_tensors(path, obj)
+    """A resumable checkpoint, written atomically (dlpipe.tensor_io) and at once: it is
+    progress, never held back with a stage's outputs (``io.outputs_together``). Ctrl-C
+    during the write waits until it is whole. The fault points of the interruption tests
+    sit here, not in the tensor I/O every stage uses."""
+    global _kept
+    epoch = obj.get("epoch")
+    with sigint_deferred():
+        if epoch is not None and (faults.armed("checkpoint", epoch) or
+                                  faults.armed("checkpoint", epoch, how=faults.SIGINT)):
+            with atomic_path(path, immediate=True) as tmp, open(tmp, "wb") as fh:
+                buffer = io.BytesIO()
+                torch.save(obj, buffer)
+                data = buffer.getvalue()
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+                faults.kill_if_armed("checkpoint", epoch)  # SIGKILL here, or a SIGINT that waits
+                fh.write(data[len(data) // 2:])
+        else:
+            save_tensors(path, obj, immediate=True)
+        if epoch is not None:
+            _kept = (Path(path), epoch)
 
 
 def rng_states() -> dict:
@@ -86,12 +106,13 @@ def restore_rng_states(states: dict) -> None:
 
 def load_resumable(path: str | Path, params_hash: str) -> dict | None:
     """The checkpoint at ``path`` if it was made with the same params, else None."""
+    global _kept
     path = Path(path)
     # A kill while writing leaves its temporary file behind (the rename never
-    # happened); the checkpoint itself is the previous epoch's, whole.
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        log.info("removing %s, left by a run killed while writing a checkpoint", stale)
-        stale.unlink(missing_ok=True)
+    # happened); the checkpoint itself is the previous epoch's, whole. Only those of
+    # processes gone are removed: another run may be writing its own right now.
+    for stale in sweep_stale(path.parent, f".{path.name}."):
+        log.info("removed %s, left by a run killed while writing a checkpoint", stale)
     if not path.is_file():
         return None
     try:
@@ -103,4 +124,5 @@ def load_resumable(path: str | Path, params_hash: str) -> dict | None:
         log.info("checkpoint %s was made with other params; starting afresh", path)
         return None
     log.info("resuming from %s (epoch %d done)", path, state["epoch"])
+    _kept = (path, state["epoch"])
     return state
