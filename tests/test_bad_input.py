@@ -28,6 +28,7 @@ import struct
 import subprocess
 import sys
 import threading
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +268,21 @@ def torch_bytes(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+def deflated(data: bytes) -> bytes:
+    """A torch file with its members deflated, as a zip may hold them (torch.load reads
+    them): zeros shrink about 1000 times, so a small file can declare a huge state dict."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for info in source.infolist():
+            bomb.writestr(info.filename, source.read(info.filename))
+    return out.getvalue()
+
+
+def inflating_weights(mib: int) -> bytes:
+    """A state dict of one ``mib`` MiB tensor of zeros, deflated: a file of ``mib`` KiB or so."""
+    return deflated(torch_bytes({"weight": torch.zeros(mib << 18)}))  # float32: 4 bytes each
 
 
 def wider_lenet_weights() -> dict:
@@ -538,6 +554,12 @@ CASES = [
          ("{tmp}/lenet.pt: not ResNet18 weights", "re:\\d+ missing \\(e\\.g\\. \\w", "unexpected",
           "(transfer.model.weights)"),
          setup=lambda c: weights_param(c, "lenet.pt", torch_bytes(LeNet(10).state_dict()))),
+    Case("weights-inflating", "evaluate_lenet", None,
+         ("models/lenet.pt: ", "MiB", "once inflated", "over the cap of", "refusing to load it"),
+         setup=lambda c: c.write("models/lenet.pt", inflating_weights(64))),
+    Case("weights-param-inflating", "train_transfer_head", None,
+         ("{tmp}/bomb.pt: ", "once inflated", "over the cap of", "refusing to load it"),
+         setup=lambda c: weights_param(c, "bomb.pt", inflating_weights(256))),
     Case("weights-wrong-shapes", "evaluate_lenet", None,
          ("models/lenet.pt: weights do not fit the model", "size mismatch for conv1.weight"),
          setup=lambda c: c.write("models/lenet.pt", torch_bytes(wider_lenet_weights()))),

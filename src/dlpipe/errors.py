@@ -23,6 +23,14 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def size_text(size: int) -> str:
+    """A byte count as a message gives it: ``1.5 GiB (1610612736 bytes)``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f} {unit} ({size} bytes)"
+    return f"{size} bytes"
+
+
 # What to do when the system refuses a read or a write, by errno; these are the refusals a
 # stage's files meet (a full or read-only disk, permissions, limits), named in words.
 REMEDIES = {

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
 
-from dlpipe.errors import PipelineError
+from dlpipe.errors import PipelineError, size_text
 from dlpipe.io import atomic_path
 
 
@@ -32,11 +33,42 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
     save_tensors(path, {key: value.detach().cpu() for key, value in state_dict.items()})
 
 
+# A torch file is a zip archive, and its members may be deflated: a file of a few MB can
+# declare gigabytes, which torch.load would inflate into memory before any check. The
+# declared sizes are read from the zip's directory (no data) and refused past a cap: for a
+# state dict, what the model it is loaded into holds (x2, plus 1 MiB of pickle and names);
+# for other tensor files, a fixed cap (the largest, CIFAR-10's prepared images, is 150 MiB).
+MAX_TENSOR_FILE_BYTES = 8 << 30
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """The bytes of ``model``'s state dict: the size its weights file holds, near enough."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def weights_cap(model: torch.nn.Module) -> int:
+    return 2 * model_bytes(model) + (1 << 20)
+
+
+def check_inflated_size(path: Path, cap: int) -> None:
+    """Refuse a torch file whose members declare more than ``cap`` bytes once inflated."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: torch.load says so (a legacy file is no bigger than it looks)
+    if declared > cap:
+        raise PipelineError(f"{path}: {size_text(declared)} once inflated (the file is "
+                            f"{size_text(path.stat().st_size)}), over the cap of {size_text(cap)}; "
+                            "refusing to load it")
+
+
 def load_tensors(path: str | Path, producer: str) -> dict[str, torch.Tensor]:
     """A dict of tensors written by stage ``producer``, loaded on the CPU."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run {producer} first")
+    check_inflated_size(path, MAX_TENSOR_FILE_BYTES)
     try:
         tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -46,11 +78,14 @@ def load_tensors(path: str | Path, producer: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_state_dict_file(path: str | Path, map_location="cpu") -> dict[str, torch.Tensor]:
-    """Load a weights file as a plain state_dict, refusing anything else."""
+def load_state_dict_file(path: str | Path, map_location="cpu", max_bytes: int = MAX_TENSOR_FILE_BYTES
+                         ) -> dict[str, torch.Tensor]:
+    """Load a weights file as a plain state_dict, refusing anything else, and a file that
+    inflates past ``max_bytes`` before loading it (``weights_cap`` of the model it is for)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: weights file not found")
+    check_inflated_size(path, max_bytes)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -68,7 +103,7 @@ def load_state_dict_file(path: str | Path, map_location="cpu") -> dict[str, torc
 
 def load_into(model: torch.nn.Module, path: str | Path) -> None:
     """Load a state_dict file into ``model``; mismatched keys or shapes name the file."""
-    state = load_state_dict_file(path, map_location=next(model.parameters()).device)
+    state = load_state_dict_file(path, map_location=next(model.parameters()).device, max_bytes=weights_cap(model))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

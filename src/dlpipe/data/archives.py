@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from dlpipe.errors import PipelineError, excerpt
+from dlpipe.errors import PipelineError, excerpt, size_text
 
 STALL_S = 60.0  # seconds without a byte (connecting, or any read) before a download is given up
 # Seconds for a whole download, connecting included: CIFAR-10's 163 MiB arrive in it at 46 KiB/s.
@@ -43,13 +43,6 @@ def unsafe_member_path(name: str) -> str | None:
     if ".." in parts:
         return "a '..' component"
     return None
-
-
-def size_text(size: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift:
-            return f"{size / (1 << shift):.1f} {unit} ({size} bytes)"
-    return f"{size} bytes"
 
 
 class SizeBudget:

@@ -28,7 +28,7 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from dlpipe.errors import PipelineError
-from dlpipe.tensor_io import load_state_dict_file
+from dlpipe.tensor_io import load_state_dict_file, weights_cap
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def load_backbone(model: ResNet18, weights: str, pipeline_file: Path) -> str:
         path = Path(pipeline_file if weights == "pipeline" else weights)
         if weights == "pipeline" and not path.is_file():
             raise PipelineError(f"{path}: not found; run pretrain_transfer_backbone first (transfer.model.weights 'pipeline')")
-        state = load_state_dict_file(path)
+        state = load_state_dict_file(path, max_bytes=weights_cap(model))
     backbone = {k: v for k, v in state.items() if not k.startswith(HEAD + ".")}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD + ".")}
     missing = sorted(set(expected) - set(backbone))
