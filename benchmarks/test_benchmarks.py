@@ -320,6 +320,7 @@ def test_gan_sweep_scores_what_the_stages_score(gan_run, monkeypatch):
     assert result["fid_samples"] == metrics["fid_samples"]
 
 
+@pytest.mark.slow
 def test_transfer_gain_pairs_the_backbones_at_each_seed(tmp_path):
     """Two seeds on tiny settings: each row is the stages' own evaluation (gains = pretrained minus
     random), the summary is over the rows, and --finetune-only reruns in the same folders."""

@@ -74,6 +74,7 @@ def test_channels_last_changes_the_layout_not_the_result(batches):
         torch.testing.assert_close(model.state_dict()[name], value, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_compile_keeps_the_state_dict_keys_and_the_result(batches):
     compiled = Accel("cpu", compile=True)
     plain, plain_loss = train(OFF, batches)

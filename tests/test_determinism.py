@@ -101,6 +101,7 @@ def test_the_thread_count_is_part_of_a_checkpoints_identity():
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_a_lenet_experiment_leaves_the_dcgan_metrics_byte_identical(tiny_dvc_run, tmp_path):
     """lenet.* retrains LeNet and nothing of the DCGAN: its FID network is train_fid_lenet's."""
     repo, env = clone_run(tiny_dvc_run, tmp_path / "repo")

@@ -350,6 +350,7 @@ def test_new_epoch_count_reruns_only_train_and_submission(dvc_run, tmp_path):
     assert lock["train_houses"]["params"]["params.yaml"]["houses.train"]["epochs"] == epochs
 
 
+@pytest.mark.slow
 def test_dvc_metrics_diff_between_workspace_and_commits(dvc_run, tmp_path):
     repo = clone(dvc_run.repo, tmp_path / "repo")
     env = hermetic(dvc_run.env, repo)
@@ -381,6 +382,7 @@ def test_dvc_metrics_diff_between_workspace_and_commits(dvc_run, tmp_path):
 # --------------------------------------------------------------------------- Snakemake
 
 
+@pytest.mark.slow
 def test_snakemake_runs_every_stage_once_with_a_log_each(snakemake_run):
     repo = snakemake_run.repo
     ran = re.findall(r"^(?:local)?rule (\w+):", snakemake_run.output, re.M)
@@ -400,6 +402,7 @@ def test_snakemake_runs_every_stage_once_with_a_log_each(snakemake_run):
         assert kept in (repo / "logs" / f"{name}.log").read_text(), name
 
 
+@pytest.mark.slow
 def test_snakemake_and_dvc_make_the_same_outputs(dvc_run, snakemake_run):
     a, b = dvc_run.repo, snakemake_run.repo
     assert set(output_files(a)) == set(output_files(b))
@@ -427,6 +430,7 @@ def test_snakemake_and_dvc_make_the_same_outputs(dvc_run, snakemake_run):
     assert same_tree(load_pt(a / "checkpoints/houses/last.pt"), load_pt(b / "checkpoints/houses/last.pt"))
 
 
+@pytest.mark.slow
 def test_every_stage_makes_the_same_bytes_under_both_engines(dvc_run, snakemake_run):
     """Every model, both engines: same machine, same declared threads (whatever Snakemake
     granted), same params -> every output file of every stage byte-identical."""
@@ -456,6 +460,7 @@ def workspace_neutral(rel: str, content: bytes) -> bytes:
                   b"", content)
 
 
+@pytest.mark.slow
 def test_second_snakemake_run_does_nothing(snakemake_run):
     repo, env = snakemake_run.repo, snakemake_run.env
     before = output_files(repo)
@@ -468,6 +473,7 @@ def test_second_snakemake_run_does_nothing(snakemake_run):
     assert output_files(repo) == before
 
 
+@pytest.mark.slow
 def test_snakemake_report_holds_each_models_results_with_captions(snakemake_run, tmp_path):
     """`snakemake --report`: the workflow's description, and each model's metrics files and
     pictures under its category, captioned with what the stage that wrote them does."""

@@ -645,6 +645,7 @@ def test_a_source_dated_in_the_future_loses_no_output_under_either_engine(tiny_s
     assert output_files(dvc_repo) == before
 
 
+@pytest.mark.slow
 def test_after_a_killed_snakemake_run_unlock_is_all_a_rerun_needs(tiny_source, tmp_path):
     """What README's troubleshooting says: a Snakemake killed mid-job leaves its lock (the
     next call names --unlock); after `snakemake --unlock`, a plain call reruns the cut-off

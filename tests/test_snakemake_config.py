@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 import yaml
 from conftest import clone_run, run
 
@@ -16,6 +17,7 @@ SEEDED = ("reports/lr_find/houses.json", "models/houses.pt", "dvclive/train_hous
           "reports/metrics/houses.json", "reports/submission.csv", "reports/plots/houses/val_predictions.csv")
 
 
+@pytest.mark.slow
 def test_snakemake_config_and_dvc_set_param_make_the_same_bytes(tiny_dvc_run, tmp_path):
     seed42 = {rel: (tiny_dvc_run.repo / rel).read_bytes() for rel in SEEDED}
 
