@@ -12,9 +12,11 @@ are medians and ratios of medians (absolute times on a shared machine are noise)
   reference  5: LeNet time-to-accuracy and houses time-to-RMSLE against the original recipes
   lr_cost    6: each LR range test stage against the training stage it serves
   houses_cv  7: scikit-learn's RidgeCV and boosted trees on cv_houses' folds, beside its MLP
+  flops      8: per model, the training step's GFLOP/s against the float32 matmul peak, and the
+             share of the step outside compute
   tuning     channels_last, bf16 autocast, torch.compile, threads (only with --tuning)
 
-    python -m benchmarks                     # everything but tuning (16 min on 2 cores; houses_cv adds 14 under load)
+    python -m benchmarks                     # everything but tuning (16 min on 2 cores; flops +2.5, houses_cv +14 under load)
     python -m benchmarks --quick             # tiny settings, 1 repeat: checks that it all runs
     python -m benchmarks --skip-pipeline --tuning
     python -m benchmarks --only overhead,tuning --device cuda --output reports/bench_cuda.json
@@ -33,7 +35,7 @@ from typing import Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
-PARTS = ("pipeline", "overhead", "reference", "lr_cost", "houses_cv", "tuning")
+PARTS = ("pipeline", "overhead", "reference", "lr_cost", "houses_cv", "flops", "tuning")
 INCREMENTAL_KEY = "houses.train.epochs"
 QUICK_INPROCESS = {"transfer.augment.image_size": 32, "dcgan.train.max_batches": 10}
 
@@ -141,6 +143,11 @@ def run_part(part: str, args: argparse.Namespace, params, device, repeats: int, 
         from dlpipe.stages._houses import CV_RECORD
 
         return houses_cv(PREPARED_DIR, CV_RECORD, quick, log=log)
+    if part == "flops":
+        from benchmarks.flops import QUICK_SIZES, gflops
+
+        inproc = timing.variant_params(QUICK_INPROCESS, args.params) if quick else params
+        return gflops(inproc, device, repeats, 0.2 if quick else 1.0, QUICK_SIZES if quick else None, log=log)
     from benchmarks.tuning import OPTIONS, tuning
 
     options = tuple(o.strip() for o in args.tuning_options.split(",")) if args.tuning_options else \

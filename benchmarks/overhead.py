@@ -14,6 +14,7 @@ model and optimizer from the same initial weights; both walk the same epochs
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,6 +39,10 @@ class Workload:
     bare_epoch: Callable[[int], None]  # epoch index -> one epoch of the bare loop, same batches
     sync: Callable[[], None] = lambda: None  # waits for queued device work (CUDA)
     sides: dict = field(default_factory=dict)  # {"pipeline": its models and optimizers, "bare": ...}: for checks
+    steps_per_epoch: int = 0  # optimizer steps an epoch (the DCGAN: D and G step pairs)
+    # One epoch of the pipeline side as its training stage runs it by default, where that differs from
+    # pipeline_epoch: the DCGAN's R1 penalty, generator EMA and DiffAugment (which the bare side lacks).
+    stage_epoch: Callable[[int], None] | None = None
 
 
 def epoch_samples(loader) -> int:
@@ -72,7 +77,7 @@ def loop_workload(name: str, loader, loss_fn, make: Callable[[], tuple[nn.Module
         bare_epoch(bare[0], loader, loss_fn, bare[1])
 
     return Workload(name, epoch_samples(loader), loader.batch_size, pipeline, plain, device_sync(device),
-                    {"pipeline": ours, "bare": bare})
+                    {"pipeline": ours, "bare": bare}, len(loader))
 
 
 def bare_gan_epoch(generator, discriminator, opt_g, opt_d, loader, noise_generator, nz: int) -> None:
@@ -101,6 +106,7 @@ def gan_workload(params, device: torch.device, images: torch.Tensor | None = Non
     from dlpipe.data.loaders import TensorLoader
     from dlpipe.stages._dcgan import build_networks
     from dlpipe.training.gan import fit_gan
+    from dlpipe.training.gan_augment import DiffAugment
     from dlpipe.training.state import RunFiles
 
     cfg, arch = params.dcgan.train, params.dcgan.model
@@ -120,18 +126,22 @@ def gan_workload(params, device: torch.device, images: torch.Tensor | None = Non
     ours, bare = make(), make()
 
     # Every sample of either side walks epoch 0's batches: fit_gan(epochs=1) starts at epoch 0.
-    def pipeline(epoch: int) -> None:
+    def pipeline(epoch: int, **stage_settings) -> None:
         with contextlib.redirect_stderr(io.StringIO()):  # fit_gan's progress bar
             fit_gan(*ours[:4], loader, ours[4], nz=arch.nz, epochs=1, collapse_threshold=cfg.collapse_threshold,
-                    collapse_patience=cfg.collapse_patience, files=RunFiles("bench_dcgan"))
+                    collapse_patience=cfg.collapse_patience, files=RunFiles("bench_dcgan"), **stage_settings)
 
     def plain(epoch: int) -> None:
         bare[0].train()
         bare[1].train()
         bare_gan_epoch(*bare[:4], loader, bare[4], arch.nz)
 
+    # What train_dcgan.train passes fit_gan beyond the loop's settings.
+    augment = DiffAugment(cfg.translation, cfg.cutout, ours[4])
+    stage = functools.partial(pipeline, ema_decay=cfg.ema_decay, augment=augment, r1_gamma=cfg.r1_gamma,
+                              r1_interval=cfg.r1_interval)
     return Workload("dcgan", epoch_samples(loader), loader.batch_size, pipeline, plain, device_sync(device),
-                    {"pipeline": ours, "bare": bare})
+                    {"pipeline": ours, "bare": bare}, len(loader), stage)
 
 
 def stage_workload(name: str, params, device: torch.device) -> Workload:

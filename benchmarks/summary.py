@@ -7,6 +7,8 @@ A part that did not run leaves its figures ``null``.
 
 from __future__ import annotations
 
+import statistics
+
 # The issue's bars (#8; LeNet's from #3).
 BARS = {"pipeline_wall_s": 600.0, "pipeline_peak_rss_mib": 4096.0, "noop_dvc_repro_s": 3.0,
         "noop_snakemake_s": 3.0, "loop_overhead": 1.10, "lenet_speedup_vs_seed": 5.0}
@@ -81,6 +83,44 @@ def houses_cv_figures(houses_cv: dict | None) -> dict:
             "houses_cv_rmsle_sd": {name: houses_cv[name]["cv_rmsle_sd"] for name in measured}}
 
 
+def sweep_gflop_s(sweep: dict[str, float]) -> dict[str, float]:
+    """{n: GFLOP/s} of a matmul sweep's {n: median seconds}: n x n @ n x n is 2 n^3 FLOPs."""
+    return {n: 2 * int(n) ** 3 / seconds / 1e9 for n, seconds in sweep.items()}
+
+
+def peak_gflop_s(sweep: dict[str, float]) -> float:
+    return max(sweep_gflop_s(sweep).values())
+
+
+def model_gflops(record: dict, peaks: dict[str, dict[str, float]]) -> dict:
+    """A model's figure 8 from its record (flops.measure_steps) and the sweeps by thread count. The
+    shares are medians over the profiled rounds of each round's own ratio to its wall time."""
+    step_s = statistics.median(record["runs_s"])
+    gflop_s = record["flops_per_step"] / step_s / 1e9
+    peak = peak_gflop_s(peaks[str(record["threads"])])
+    profiled = record["profiled_runs_s"]
+    counted_s = statistics.median([run["matmul_conv_s"] for run in profiled])
+    return {"flops_per_step": record["flops_per_step"], "step_s": step_s, "gflop_s": gflop_s,
+            "peak_gflop_s": peak, "fraction_of_peak": gflop_s / peak,
+            "outside_compute_share": statistics.median([1 - run["aten_s"] / run["wall_s"] for run in profiled]),
+            # of the step, in the ops that hold its FLOPs, and their own rate
+            "matmul_conv_share": statistics.median([run["matmul_conv_s"] / run["wall_s"] for run in profiled]),
+            "matmul_conv_gflop_s": record["flops_per_step"] / counted_s / 1e9 if counted_s else None,
+            "profiler_slowdown": statistics.median([run["wall_s"] for run in profiled]) / step_s,
+            "threads": record["threads"]}
+
+
+def gflops_figures(flops: dict | None) -> dict:
+    """The ``gflops`` block: per measured model its figures, and each thread count's sweep in GFLOP/s."""
+    if flops is None:
+        return {"gflops": None}
+    peaks = flops["peak_s"]
+    return {"gflops": {
+        "models": {name: model_gflops(r, peaks) for name, r in flops["models"].items() if "runs_s" in r},
+        "peak_sweep_gflop_s": {threads: sweep_gflop_s(sweep) for threads, sweep in peaks.items()},
+    }}
+
+
 def only_downstream(ran: list[str], expected: list[str]) -> bool:
     """The bar of figure 3: the stage that reads the changed key ran, and nothing outside
     it and its downstream did (a downstream stage whose inputs came out the same may be
@@ -112,7 +152,7 @@ def build(results: dict, machine: dict, quick: bool, command: str, run: dict) ->
     report = {"quick": quick, "command": command, "machine": machine, "parts_run": list(results),
               **pipeline_figures(pipeline), **overhead_figures(results.get("overhead")),
               **reference_figures(results.get("reference")), **lr_cost_figures(results.get("lr_cost"), pipeline),
-              **houses_cv_figures(results.get("houses_cv"))}
+              **houses_cv_figures(results.get("houses_cv")), **gflops_figures(results.get("flops"))}
     report["bars"] = bars(report)
     report["run"] = run
     report["details"] = results
@@ -151,6 +191,15 @@ def rows(report: dict) -> list[tuple]:
             sd = report["houses_cv_rmsle_sd"][name]
             out.append((f"7. houses cv_rmsle, {label}" + (f" (sd {sd:.4f} over the folds)" if sd else ""), value,
                         "", None))
+    gflops = report.get("gflops") or {}
+    for threads, sweep in gflops.get("peak_sweep_gflop_s", {}).items():
+        best = max(sweep, key=sweep.get)
+        out.append((f"8. float32 matmul peak, {threads} thread(s), GFLOP/s (best n {best})", sweep[best], "", None))
+    for name, f in gflops.get("models", {}).items():
+        out.append((f"8. {name} GFLOP/s / peak ({f['gflop_s']:.2f} of {f['peak_gflop_s']:.1f} GFLOP/s, "
+                    f"{f['threads']} thread(s))", f["fraction_of_peak"], "", None))
+        out.append((f"8. {name} share of the step outside compute (step {f['step_s'] * 1e3:.2f} ms)",
+                    f["outside_compute_share"], "", None))
     tuning = _get(report, "details", "tuning") or {}
     for net, record in tuning.items():
         for option, entry in record["options"].items():

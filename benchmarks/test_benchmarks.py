@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import gan_sweep, houses_cv, overhead, pipeline_run, summary, timing
+from benchmarks import flops, gan_sweep, houses_cv, overhead, pipeline_run, summary, timing
 from benchmarks.conftest import REPO
 from benchmarks.reference import speedups
 from dlpipe.config import Adam, load_params
@@ -28,7 +28,7 @@ from dlpipe.workflow_graph import load_stages
 
 REQUIRED_KEYS = ("pipeline_wall_s", "pipeline_peak_rss_mib", "noop_dvc_repro_s", "noop_snakemake_s",
                  "incremental_stages_rerun", "loop_overhead", "lenet_speedup_vs_seed", "houses_speedup_vs_seed",
-                 "lr_find_cost_fraction", "houses_cv_rmsle", "machine")
+                 "lr_find_cost_fraction", "houses_cv_rmsle", "gflops", "machine")
 
 
 class FakeClock:
@@ -124,6 +124,104 @@ def test_dcgan_pipeline_step_and_bare_step_compute_the_same():
     for ours, bare in zip(workload.sides["pipeline"][:2], workload.sides["bare"][:2]):  # generator, discriminator
         for a, b in zip(ours.state_dict().values(), bare.state_dict().values()):
             assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_flop_count_of_a_linear_layer_forward_and_backward():
+    """2 B in out a forward; the backward's two matmuls (input and weight gradients) twice that. The
+    gradient of a leaf input alone, as R1 takes it, counts under the benchmark's counter too."""
+    batch, features_in, features_out = 8, 5, 7
+    layer = torch.nn.Linear(features_in, features_out)
+    x = torch.randn(batch, features_in, requires_grad=True)
+    forward = 2 * batch * features_in * features_out
+    assert flops.counted_flops(lambda: layer(x)) == forward
+    assert flops.counted_flops(lambda: layer(x).sum().backward()) == 3 * forward
+    assert flops.counted_flops(lambda: torch.autograd.grad(layer(x).sum(), x, create_graph=True)) == 2 * forward
+
+
+def test_flops_measure_steps_counts_the_loop_step(monkeypatch):
+    torch.set_num_threads(1)
+    loader = tiny_loader()  # 40 rows of 5 features, batches of 8
+    hidden, classes = 7, 3
+
+    def make():
+        torch.manual_seed(3)
+        model = torch.nn.Sequential(torch.nn.Linear(5, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    workload = overhead.loop_workload("tiny", loader, torch.nn.functional.cross_entropy, make, torch.device("cpu"))
+    record = flops.measure_steps(workload, torch.device("cpu"), repeats=2, target_s=0.0)
+    first, second = 2 * 8 * 5 * hidden, 2 * 8 * hidden * classes
+    # The first layer's input needs no gradient: its forward and weight gradient; the second's three matmuls.
+    assert record["flops_per_step"] == 2 * first + 3 * second
+    assert record["steps_per_epoch"] == 5 and len(record["runs_s"]) == 2
+    for run in record["profiled_runs_s"]:
+        assert 0 < run["matmul_conv_s"] <= run["aten_s"] <= run["wall_s"]
+
+
+def test_dcgan_stage_epoch_adds_the_r1_double_backward():
+    """The flops part trains the DCGAN as train_dcgan does: with R1 on, more FLOPs than the loop
+    comparison's epoch; with it off (EMA and DiffAugment count none), the same."""
+    torch.set_num_threads(1)
+    images = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    counts = {}
+    for gamma in (3.0, 0.0):
+        params = timing.variant_params({"dcgan.train.batch_size": 4, "dcgan.model.ngf": 4, "dcgan.model.ndf": 4,
+                                        "dcgan.model.nz": 8, "dcgan.train.r1_gamma": gamma}, REPO / "params.yaml")
+        workload = overhead.gan_workload(params, torch.device("cpu"), images=images, nc=1)
+        counts[gamma] = [flops.counted_flops(lambda: epoch(0)) for epoch in (workload.stage_epoch,
+                                                                             workload.pipeline_epoch)]
+    assert counts[3.0][0] > counts[3.0][1] == counts[0.0][1] == counts[0.0][0] > 0
+
+
+def fake_flops() -> dict:
+    return {"peak_s": {"1": {"512": 0.004, "1024": 0.02}, "2": {"512": 0.003, "1024": 0.03}},
+            "models": {"lenet": {"flops_per_step": 2.0e8, "runs_s": [0.03, 0.02, 0.025], "threads": 2,
+                                 "profiled_runs_s": [{"wall_s": 0.03, "aten_s": 0.02, "matmul_conv_s": 0.015},
+                                                     {"wall_s": 0.04, "aten_s": 0.03, "matmul_conv_s": 0.012},
+                                                     {"wall_s": 0.02, "aten_s": 0.01, "matmul_conv_s": 0.01}]},
+                       "houses": {"skipped": "no data", "threads": 2}}}
+
+
+def test_gflops_figures_from_the_recorded_medians():
+    record = fake_flops()
+    block = summary.build({"flops": record}, {"cores": 2}, quick=True, command="test", run={})["gflops"]
+    sweep = {threads: {n: 2 * int(n) ** 3 / s / 1e9 for n, s in by_n.items()} for threads, by_n in
+             record["peak_s"].items()}
+    for threads, by_n in sweep.items():
+        assert block["peak_sweep_gflop_s"][threads] == pytest.approx(by_n)
+    lenet, step = record["models"]["lenet"], statistics.median(record["models"]["lenet"]["runs_s"])
+    rate, peak, runs = lenet["flops_per_step"] / step / 1e9, max(sweep["2"].values()), lenet["profiled_runs_s"]
+    assert list(block["models"]) == ["lenet"]  # a skipped model has no figures
+    assert block["models"]["lenet"] == pytest.approx({
+        "flops_per_step": lenet["flops_per_step"], "step_s": step, "gflop_s": rate, "peak_gflop_s": peak,
+        "fraction_of_peak": rate / peak, "threads": 2,
+        # each profiled round's own ratios, then the median
+        "outside_compute_share": statistics.median([1 - r["aten_s"] / r["wall_s"] for r in runs]),
+        "matmul_conv_share": statistics.median([r["matmul_conv_s"] / r["wall_s"] for r in runs]),
+        "matmul_conv_gflop_s": lenet["flops_per_step"] / statistics.median([r["matmul_conv_s"] for r in runs]) / 1e9,
+        "profiler_slowdown": statistics.median([r["wall_s"] for r in runs]) / step})
+    text = timing.table(summary.rows(summary.build({"flops": record}, {}, quick=True, command="t", run={})))
+    assert "8. lenet GFLOP/s / peak" in text and "8. float32 matmul peak, 2 thread(s)" in text
+
+
+def test_cli_quick_flops_writes_bench_json(tmp_path):
+    """The flops part end to end (models without prepared data are recorded as skipped)."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "flops", "--device", "cpu",
+                           "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    threads = {str(count) for count in yaml.safe_load((REPO / "params.yaml").read_text())["threads"].values()}
+    assert set(report["gflops"]["peak_sweep_gflop_s"]) <= threads
+    assert all(list(sweep) == [str(n) for n in flops.QUICK_SIZES]
+               for sweep in report["gflops"]["peak_sweep_gflop_s"].values())
+    details = report["details"]["flops"]["models"]
+    assert set(details) == set(overhead.MODELS)
+    for name, figures in report["gflops"]["models"].items():
+        record = details[name]
+        assert figures["gflop_s"] == pytest.approx(record["flops_per_step"] / statistics.median(record["runs_s"]) / 1e9)
+        assert figures["threads"] == record["threads"]
+    assert "8. float32 matmul peak" in proc.stdout
 
 
 def test_incremental_rerun_expected_from_the_graph():
