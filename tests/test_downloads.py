@@ -27,7 +27,8 @@ from conftest import LocalServer, engine_env, set_key
 from dlpipe.data import archives, houses_fetch, transfer_fetch
 from dlpipe.data.archives import download, safe_extract_tar, safe_extract_zip
 from dlpipe.errors import PipelineError
-from dlpipe.io import HOST, atomic_dir, scratch_dir, sigterm_unwinds
+from dlpipe.io import HOST, atomic_dir, scratch_dir
+from dlpipe.signals import sigterm_unwinds
 from test_transfer_data import ZIP, build_zip, faces_cfg
 
 REPO = Path(__file__).resolve().parents[1]

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None) -> int:
     """``main`` without the error handling: list, help, or run one stage."""
     from dlpipe.config import load_params
-    from dlpipe.io import outputs_together, sigterm_unwinds
+    from dlpipe.io import outputs_together
+    from dlpipe.signals import sigterm_unwinds
     from dlpipe.runtime import pin_threads
     from dlpipe.workflow_graph import check_thread_keys, stage_threads
 

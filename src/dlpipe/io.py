@@ -1,4 +1,4 @@
-"""Atomic file writes, a stage's outputs as one set, signals, checksums.
+"""Atomic file writes, a stage's outputs as one set, checksums.
 
 Every output goes to a temporary file in the destination folder, is flushed to
 disk, then renamed over the target: a killed stage never leaves a half file
@@ -26,14 +26,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import tempfile
-import threading
 from pathlib import Path
 from typing import IO, Iterator
 
 from dlpipe.errors import REMEDIES, FileRefused, PipelineError
+from dlpipe.signals import sigint_deferred
 
 
 def _umask() -> int:
@@ -257,57 +256,6 @@ def scratch_dir(folder: str | Path, prefix: str = ".download.") -> Iterator[Path
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM (``kill``, an engine cancelling a job) raises SystemExit(143) in the main
-    thread while this block runs, so that every ``finally`` runs and temporary files go;
-    its default action ends the process on the spot. Elsewhere, or where another handler
-    is installed, nothing changes."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def unwind(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, unwind)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-# Whether a sigint_deferred block is open (a nested one leaves the outer one's handlers).
-_HOLDING = False
-
-
-@contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Ctrl-C (SIGINT), and SIGTERM where a Python handler takes it (``sigterm_unwinds``),
-    wait until this block is done, then act as they would have: a checkpoint being written,
-    or a set of renames, is finished whole first. Off the main thread, where a signal is
-    ignored or left to its default action, or nested, nothing changes."""
-    global _HOLDING
-    if _HOLDING or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    handlers = {signum: handler for signum, handler in handlers.items() if callable(handler)}
-    for signum in handlers:
-        signal.signal(signum, lambda signum, frame: held.append(signum))
-    _HOLDING = True
-    try:
-        yield
-    finally:
-        _HOLDING = False
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(held):
-            handlers[signum](signum, None)  # default_int_handler raises KeyboardInterrupt here
 
 
 def _swap_dir(tmp: Path, target: Path) -> None:

@@ -129,7 +129,7 @@ def download(url: str, dest: Path, expected_md5: str, url_key: str, md5_key: str
     watchdog.timer.start()
     try:
         return _download(url, dest, expected_md5, url_key, md5_key, stall_s, deadline_s, watchdog)
-    except BaseException:  # a failure, Ctrl-C, SIGTERM (see dlpipe.io.sigterm_unwinds): no partial file
+    except BaseException:  # a failure, Ctrl-C, SIGTERM (see dlpipe.signals.sigterm_unwinds): no partial file
         dest.unlink(missing_ok=True)
         raise
     finally:

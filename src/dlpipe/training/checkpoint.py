@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlpipe.io import atomic_path, sha256_file, sigint_deferred, sweep_stale
+from dlpipe.io import atomic_path, sha256_file, sweep_stale
+from dlpipe.signals import sigint_deferred
 from dlpipe.tensor_io import save_tensors
 from dlpipe.training import faults
 
