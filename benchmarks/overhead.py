@@ -80,15 +80,26 @@ def loop_workload(name: str, loader, loss_fn, make: Callable[[], tuple[nn.Module
                     {"pipeline": ours, "bare": bare}, len(loader))
 
 
-def bare_gan_epoch(generator, discriminator, opt_g, opt_d, loader, noise_generator, nz: int) -> None:
-    """The DCGAN tutorial's step, bare: D on real (label 1) and detached fake (label 0), step; G through D, step."""
+def bare_gan_epoch(generator, discriminator, opt_g, opt_d, loader, noise_generator, nz: int,
+                   r1_gamma: float = 0.0, r1_interval: int = 1, ema=None) -> None:
+    """The DCGAN tutorial's step, bare: D on real (label 1) and detached fake (label 0), step; G
+    through D, step. As train_dcgan trains by default, when given: gamma / 2 x the R1 penalty
+    (D's squared input gradient on the real batch, a double backward) on every
+    ``r1_interval``-th step, times the interval, and the generator's EMA after each G step."""
     criterion = nn.BCELoss()
     loader.set_epoch(0)  # fit_gan(epochs=1) walks epoch 0's batches
-    for real, _ in loader:
+    for step, (real, _) in enumerate(loader):
         noise = torch.randn(real.size(0), nz, 1, 1, device=real.device, generator=noise_generator)
         discriminator.zero_grad(set_to_none=True)
         label = torch.full((real.size(0),), 1.0, device=real.device)
-        criterion(discriminator(real).view(-1), label).backward()
+        gamma = r1_gamma * r1_interval if r1_gamma and step % r1_interval == 0 else 0.0
+        if gamma:
+            real = real.detach().requires_grad_(True)
+            logits = discriminator.logits(real).view(-1)
+            (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+            (criterion(torch.sigmoid(logits), label) + gamma / 2 * grad.pow(2).flatten(1).sum(1).mean()).backward()
+        else:
+            criterion(discriminator(real).view(-1), label).backward()
         fake = generator(noise)
         label.fill_(0.0)
         criterion(discriminator(fake.detach()).view(-1), label).backward()
@@ -97,6 +108,8 @@ def bare_gan_epoch(generator, discriminator, opt_g, opt_d, loader, noise_generat
         label.fill_(1.0)
         criterion(discriminator(fake).view(-1), label).backward()
         opt_g.step()
+        if ema is not None:
+            ema.update_parameters(generator)
 
 
 def gan_workload(params, device: torch.device, images: torch.Tensor | None = None, nc: int | None = None) -> Workload:
@@ -105,7 +118,7 @@ def gan_workload(params, device: torch.device, images: torch.Tensor | None = Non
     from dlpipe.data.gan_prepared import TRAIN, load_images, load_meta, to_unit_range
     from dlpipe.data.loaders import TensorLoader
     from dlpipe.stages._dcgan import build_networks
-    from dlpipe.training.gan import fit_gan
+    from dlpipe.training.gan import ema_of, fit_gan
     from dlpipe.training.gan_augment import DiffAugment
     from dlpipe.training.state import RunFiles
 
@@ -131,16 +144,19 @@ def gan_workload(params, device: torch.device, images: torch.Tensor | None = Non
             fit_gan(*ours[:4], loader, ours[4], nz=arch.nz, epochs=1, collapse_threshold=cfg.collapse_threshold,
                     collapse_patience=cfg.collapse_patience, files=RunFiles("bench_dcgan"), **stage_settings)
 
+    bare_ema = ema_of(bare[0], cfg.ema_decay)
+
     def plain(epoch: int) -> None:
         bare[0].train()
         bare[1].train()
-        bare_gan_epoch(*bare[:4], loader, bare[4], arch.nz)
+        bare_gan_epoch(*bare[:4], loader, bare[4], arch.nz, cfg.r1_gamma, cfg.r1_interval, bare_ema)
 
-    # What train_dcgan.train passes fit_gan beyond the loop's settings.
+    # Both sides train as train_dcgan does: what it passes fit_gan beyond the loop's settings (the
+    # R1 penalty, the generator's EMA, DiffAugment), and the same R1 and EMA in the bare step.
     augment = DiffAugment(cfg.translation, cfg.cutout, ours[4])
     stage = functools.partial(pipeline, ema_decay=cfg.ema_decay, augment=augment, r1_gamma=cfg.r1_gamma,
                               r1_interval=cfg.r1_interval)
-    return Workload("dcgan", epoch_samples(loader), loader.batch_size, pipeline, plain, device_sync(device),
+    return Workload("dcgan", epoch_samples(loader), loader.batch_size, stage, plain, device_sync(device),
                     {"pipeline": ours, "bare": bare}, len(loader), stage)
 
 

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import jsonschema
 import yaml
 
 from dlpipe.errors import EXCERPT_CHARS, PipelineError, excerpt
-from dlpipe.schema import is_optional, key, params_schema, tag_of, tagged_members
+from dlpipe.schema import error_message, is_optional, key, params_schema, strict_validator, tag_of, tagged_members
 
 SCHEMA_RELPATH = Path("workflow/schemas/params.schema.yaml")  # written for Snakemake's validate
 
@@ -420,70 +419,17 @@ def schema() -> dict:
 # --------------------------------------------------------------------------- loading
 
 
-def spell(value: object) -> str:
-    """A value as a message quotes it: YAML's spelling of the non-finite floats, else its
-    repr, cut to an excerpt."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
-    return excerpt(repr(value))
-
-
-def _takes_number(schema: object) -> bool:
-    if not isinstance(schema, dict):
-        return False
-    return (schema.get("type") in ("number", "integer")
-            or any(_takes_number(branch) for branch in schema.get("oneOf", [])))
-
-
-def _error_message(source: str, error: jsonschema.ValidationError) -> str:
-    path = ".".join(excerpt(str(p)) for p in error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = set(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - allowed, key=str)
-        where = f"with {error.schema['title']}" if "title" in error.schema else "here"
-        dotted = ".".join(filter(None, [path, excerpt(str(unknown[0])) if unknown else ""]))
-        return f"{source}: unknown key '{dotted}' (allowed {where}: {', '.join(sorted(allowed))})"
-    if error.validator == "required":
-        return f"{source}: {error.message} in '{path or '<top level>'}'"
-    parent = error.parent.schema if error.parent is not None else None
-    if (isinstance(error.instance, float) and not math.isfinite(error.instance)
-            and (_takes_number(error.schema) or _takes_number(parent))):
-        return f"{source}: '{path}': expected a finite number, got {spell(error.instance)}"
-    expected = error.schema.get("description")
-    if not expected and isinstance(parent, dict):
-        expected = parent.get("description")  # one branch of a oneOf: what the key takes
-    # jsonschema quotes the whole value (a long string, a whole section): quote its start.
-    what = error.message.replace(repr(error.instance), spell(error.instance))
-    message = f"{source}: '{path}': {excerpt(what, 2 * EXCERPT_CHARS)}"
-    if expected:
-        message += f"; expected {expected}"
-    return message
-
-
-def _finite_number(checker, instance) -> bool:
-    # A float compares False with every bound: a NaN would pass "minimum" and "maximum".
-    return jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, "number") and (
-        not isinstance(instance, float) or math.isfinite(instance))
-
-
-def _integer(checker, instance) -> bool:
-    # JSON Schema's integer takes 5.0, which range() and torch do not.
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
 @functools.lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
     """The params schema's validator: every number finite, every integer an int."""
-    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
-        {"number": _finite_number, "integer": _integer})
-    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)(schema())
+    return strict_validator(schema())
 
 
 def validate_raw(raw: object, source: str = "params.yaml") -> None:
     """Raise PipelineError naming the first offending key, if any."""
     error = jsonschema.exceptions.best_match(_validator().iter_errors(raw))
     if error is not None:
-        raise PipelineError(_error_message(source, error))
+        raise PipelineError(error_message(source, error))
 
 
 def _build(cls, value):

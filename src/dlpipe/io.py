@@ -197,12 +197,13 @@ def read_json(path: str | Path, producer: str) -> dict:
     return record
 
 
-def write_metrics(metrics: Path, details: Path, numbers: dict, headline: tuple[str, ...]) -> None:
+def write_metrics(metrics, details, numbers: dict, headline: tuple[str, ...]) -> None:
     """A stage's results: every number (and note) in ``details``, and the ``headline`` keys
-    alone in ``metrics``, its DVC metrics file. One table of `dvc metrics show` lists every
-    metrics file's keys side by side: headline keys only keep it as wide as a terminal."""
-    write_json(details, numbers)
-    write_json(metrics, {key: numbers[key] for key in headline if key in numbers})
+    alone in ``metrics``, its DVC metrics file (both ``dlpipe.layouts.metrics_files``). One
+    table of `dvc metrics show` lists every metrics file's keys side by side: headline keys
+    only keep it as wide as a terminal."""
+    details.write(details.pattern, numbers)
+    metrics.write(metrics.pattern, {key: numbers[key] for key in headline if key in numbers})
 
 
 def write_text(target: str | Path, text: str) -> None:

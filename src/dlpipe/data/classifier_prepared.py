@@ -11,41 +11,33 @@ tensor files hold tensors only and load with ``weights_only=True``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from dlpipe.errors import PipelineError
-from dlpipe.tensor_io import load_tensors, save_tensors
+from dlpipe.layouts import POSITIVE, TEXT, JsonFile, Tensor, TensorFile, array, record
 
 PREPARED_DIR = Path("data/prepared/classifier")
 SPLITS = ("train", "val", "test")
 META_JSON = "meta.json"
 
 
+_CHANNEL_STATS = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+SPLIT = TensorFile("prepare_classifier", f"{PREPARED_DIR}/*.pt", {
+    "images": Tensor("uint8", ("N", 3, 32, 32)), "labels": Tensor("int64", ("N",), min=0, below="classes")})
+META = JsonFile("prepare_classifier", f"{PREPARED_DIR}/{META_JSON}", record({
+    "dataset": TEXT, "class_names": array(TEXT, min_items=2), "mean": _CHANNEL_STATS,
+    "std": {**_CHANNEL_STATS, "items": POSITIVE}}))
+
+
 def save_split(folder: Path, split: str, images: torch.Tensor, labels: torch.Tensor) -> None:
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1:] != (3, 32, 32):
-        raise ValueError(f"{split}: images must be uint8 N x 3 x 32 x 32, got {images.dtype} {tuple(images.shape)}")
-    save_tensors(folder / f"{split}.pt", {"images": images.contiguous(), "labels": labels.to(torch.int64).contiguous()})
+    SPLIT.save(folder / f"{split}.pt", {"images": images, "labels": labels.to(torch.int64)})
 
 
 def load_split(split: str, device: torch.device | str = "cpu", folder: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:
-    path = Path(folder) / f"{split}.pt"
-    tensors = load_tensors(path, producer="prepare_classifier")
-    images, labels = tensors.get("images"), tensors.get("labels")
-    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
-        raise PipelineError(f"{path}: expected uint8 N x 3 x 32 x 32 images and N labels; rerun prepare_classifier")
-    return {"images": images.to(device), "labels": labels.to(device)}
+    classes = len(load_meta(folder)["class_names"])
+    return SPLIT.load(Path(folder) / f"{split}.pt", device, classes=classes)
 
 
 def load_meta(folder: Path = PREPARED_DIR) -> dict:
-    path = Path(folder) / META_JSON
-    try:
-        meta = json.loads(path.read_text())
-        meta["class_names"], meta["mean"], meta["std"]  # noqa: B018 (presence check)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run prepare_classifier first") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path}: not the metadata prepare_classifier writes; rerun it") from None
-    return meta
+    return META.read(Path(folder) / META_JSON)

@@ -14,45 +14,33 @@ files hold tensors only and load with ``weights_only=True``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from dlpipe.errors import PipelineError
-from dlpipe.tensor_io import load_tensors, save_tensors
+from dlpipe.layouts import TEXT, JsonFile, Tensor, TensorFile, record
 
 PREPARED_DIR = Path("data/prepared/gan")
 TRAIN, REAL_EVAL, META_JSON = "train.pt", "real_eval.pt", "meta.json"
 
 
+IMAGES = TensorFile("prepare_gan", f"{PREPARED_DIR}/*.pt", {"images": Tensor("uint8", ("N", "nc", "size", "size"))})
+META = JsonFile("prepare_gan", f"{PREPARED_DIR}/{META_JSON}", record({
+    "dataset": TEXT, "image_size": {"type": "integer", "minimum": 8}, "nc": {"enum": [1, 3]},
+    "eval_pool": {"enum": ["real_eval", "train"]}}))
+
+
 def save_images(path: Path, images: torch.Tensor) -> None:
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"{path}: images must be uint8 N x C x S x S, got {images.dtype} {tuple(images.shape)}")
-    save_tensors(path, {"images": images.contiguous()})
+    IMAGES.save(path, {"images": images})
 
 
 def load_images(name: str, meta: dict, device: torch.device | str = "cpu",
                 folder: Path = PREPARED_DIR) -> torch.Tensor:
-    path = Path(folder) / name
-    images = load_tensors(path, producer="prepare_gan").get("images")
-    shape = (meta["nc"], meta["image_size"], meta["image_size"])
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
-            or tuple(images.shape[1:]) != shape or len(images) == 0:
-        raise PipelineError(f"{path}: expected uint8 N x {' x '.join(map(str, shape))} images; rerun prepare_gan")
-    return images.to(device)
+    return IMAGES.load(Path(folder) / name, device, nc=meta["nc"], size=meta["image_size"])["images"]
 
 
 def load_meta(folder: Path = PREPARED_DIR) -> dict:
-    path = Path(folder) / META_JSON
-    try:
-        meta = json.loads(path.read_text())
-        meta["nc"], meta["image_size"], meta["eval_pool"]  # noqa: B018 (presence check)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run prepare_gan first") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path}: not the metadata prepare_gan writes; rerun it") from None
-    return meta
+    return META.read(Path(folder) / META_JSON)
 
 
 def to_unit_range(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -16,7 +16,6 @@ sorted sub-folder names, files with its image suffixes, converted to RGB.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 from dlpipe.errors import PipelineError
-from dlpipe.tensor_io import load_tensors, save_tensors
+from dlpipe.layouts import TEXT, JsonFile, Tensor, TensorFile, array, record
 
 PREPARED_DIR = Path("data/prepared/transfer")
 META_JSON = "meta.json"
@@ -87,28 +86,21 @@ def read_split(folder: Path, max_side: int) -> dict:
     }
 
 
+SPLIT = TensorFile("prepare_transfer", f"{PREPARED_DIR}/*.pt", {
+    "images": Tensor("uint8", ("N", 3, "H", "W")), "sizes": Tensor("int64", ("N", 2), min=1),
+    "labels": Tensor("int64", ("N",), min=0, below="classes")})
+META = JsonFile("prepare_transfer", f"{PREPARED_DIR}/{META_JSON}", record({
+    "dataset": TEXT, "class_names": array(TEXT, min_items=2), "files": {"type": "object"}}))
+
+
 def save_split(folder: Path, split: str, data: dict) -> None:
-    save_tensors(folder / f"{split}.pt", {key: data[key].contiguous() for key in ("images", "sizes", "labels")})
+    SPLIT.save(folder / f"{split}.pt", data)
 
 
 def load_split(split: str, device: torch.device | str = "cpu", folder: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:
-    path = Path(folder) / f"{split}.pt"
-    tensors = load_tensors(path, producer="prepare_transfer")
-    images, sizes, labels = (tensors.get(key) for key in ("images", "sizes", "labels"))
-    if not all(isinstance(t, torch.Tensor) for t in (images, sizes, labels)) or images.dtype != torch.uint8 \
-            or images.dim() != 4 or sizes.shape != (len(images), 2) or len(labels) != len(images):
-        raise PipelineError(f"{path}: expected uint8 N x 3 x H x W images, N x 2 sizes and N labels; "
-                            "rerun prepare_transfer")
-    return {"images": images.to(device), "sizes": sizes.to(device), "labels": labels.to(device)}
+    classes = len(load_meta(folder)["class_names"])
+    return SPLIT.load(Path(folder) / f"{split}.pt", device, classes=classes)
 
 
 def load_meta(folder: Path = PREPARED_DIR) -> dict:
-    path = Path(folder) / META_JSON
-    try:
-        meta = json.loads(path.read_text())
-        meta["class_names"], meta["dataset"], meta["files"]  # noqa: B018 (presence check)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run prepare_transfer first") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path}: not the metadata prepare_transfer writes; rerun it") from None
-    return meta
+    return META.read(Path(folder) / META_JSON)

@@ -10,7 +10,6 @@ follow ``dlpipe.report.registry`` and show only what dvc.yaml produces.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import re
@@ -22,11 +21,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dlpipe import layouts
 from dlpipe.pictures import lr_plot
 from dlpipe.report import figures
 from dlpipe.report.compare import Comparison, compare
 from dlpipe.report.registry import MODELS, Model
-from dlpipe.training import live
+from dlpipe.training import live, lr_finder
 from dlpipe.workflow_graph import load_stages
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,19 @@ def metric_rows(metrics: dict[str, float]) -> list[dict]:
     return [{"key": key, "value": value, "text": fmt(value)} for key, value in metrics.items()]
 
 
-def read_metrics(path: Path) -> dict[str, float]:
-    data = json.loads(path.read_text())
+def read_declared(root: Path, rel: str, **read_csv):
+    """A file another stage wrote, checked against the layout its writer declares
+    (``dlpipe.layouts``): a damaged one stops the report with one line naming it."""
+    if PurePosixPath(rel).parent.as_posix() == "reports/lr_find":
+        return lr_finder.read_record(root / rel)
+    layout = layouts.for_path(rel)
+    if layout is None:
+        raise TypeError(f"{rel}: no layout declared for it in dlpipe (the report reads declared files only)")
+    return layout.read(root / rel, **read_csv) if isinstance(layout, layouts.CsvFile) else layout.read(root / rel)
+
+
+def read_metrics(root: Path, rel: str) -> dict[str, float]:
+    data = read_declared(root, rel)
     return {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -209,7 +220,7 @@ def _table(title: str, header: list[str], rows: list[list[str]], numeric: bool =
 
 
 def houses_predictions(model: Model, metrics: dict, root: Path, csv: str) -> list[dict]:
-    frame = pd.read_csv(root / csv)
+    frame = read_declared(root, csv)
     rmsle = metrics.get("val_rmsle")
     caption = (f"{len(frame)} validation houses; points on the dashed line are priced exactly. Residuals "
                "are in log space, the RMSLE's units: 0.1 is about 10% off.")
@@ -218,8 +229,8 @@ def houses_predictions(model: Model, metrics: dict, root: Path, csv: str) -> lis
 
 
 def houses_cv(model: Model, metrics: dict, root: Path, curve_csv: str, record_json: str) -> list[dict]:
-    frame = pd.read_csv(root / curve_csv)
-    record = json.loads((root / record_json).read_text())
+    frame = read_declared(root, curve_csv)
+    record = read_declared(root, record_json)
     caption = (f"{record['cv_folds']} folds, {record['cv_seeds']} seed(s) each, {record['cv_epochs_run']} epochs: a "
                "fold's RMSLE is that of its seeds' mean prediction on all its held-out rows; the chosen epoch "
                "is the mean curve's minimum, and the submission averages every fold model's test prediction "
@@ -234,7 +245,7 @@ def houses_cv(model: Model, metrics: dict, root: Path, curve_csv: str, record_js
 
 
 def submission(model: Model, metrics: dict, root: Path, csv: str) -> list[dict]:
-    frame = pd.read_csv(root / csv)
+    frame = read_declared(root, csv)
     prices = frame["SalePrice"].to_numpy(dtype=float)
     rows = [["rows (test houses)", f"{len(frame):,}"], ["Ids", f"{frame['Id'].min()}–{frame['Id'].max()}"],
             ["lowest SalePrice", f"{prices.min():,.0f}"], ["median SalePrice", f"{np.median(prices):,.0f}"],
@@ -251,7 +262,7 @@ def dcgan_fid(model: Model, metrics: dict, root: Path, record_json: str) -> list
     caption = (f"Fréchet distance between generated and real images in the LeNet's feature space{samples}. "
                "The floor is the distance between two disjoint sets of real images (what a perfect generator "
                "would reach), the ceiling that of the untrained generator.")
-    record = json.loads((root / record_json).read_text())
+    record = read_declared(root, record_json)
     rows = [[key.replace("_", " "), value] for key, value in record.items() if isinstance(value, str)]
     return [_figure("FID with its floor and ceiling", png, caption),
             _table(f"How the FID samples were drawn ({record_json})", ["", ""], rows, numeric=False)]
@@ -260,19 +271,19 @@ def dcgan_fid(model: Model, metrics: dict, root: Path, record_json: str) -> list
 CLASS_METRICS_NOTE = "class_metrics"  # evaluate_dcgan's note in place of the class metrics (a folder of pictures)
 
 
-def class_metrics_note(details: Path) -> str | None:
+def class_metrics_note(root: Path, details: str) -> str | None:
     """The details file's word on why the class metrics are absent, if it has one."""
-    note = json.loads(details.read_text()).get(CLASS_METRICS_NOTE)
+    note = read_declared(root, details).get(CLASS_METRICS_NOTE)
     return note if isinstance(note, str) else None
 
 
 def class_shares(model: Model, metrics: dict, root: Path, csv: str, details: str) -> list[dict]:
-    note = class_metrics_note(root / details)
+    note = class_metrics_note(root, details)
     if note is not None:
         why = note.removeprefix("omitted: ")
         return [{"kind": "note", "text": "No class metrics (classes of generated samples, smallest class share, "
                                          f"mean classifier confidence): {why}."}]
-    frame = pd.read_csv(root / csv, dtype={"class": str})
+    frame = read_declared(root, csv, dtype={"class": str})
     caption = ("The LeNet's class of each generated sample: a missing bar is a mode the generator dropped; "
                "the dashed line is an even share.")
     return [_figure("Classes of generated samples", figures.class_share_figure(
@@ -281,7 +292,7 @@ def class_shares(model: Model, metrics: dict, root: Path, csv: str, details: str
 
 def mistakes(model: Model, metrics: dict, root: Path, records_json: str) -> list[dict]:
     """The most frequent confusions, from the records DVC's confusion template draws."""
-    records = json.loads((root / records_json).read_text())
+    records = read_declared(root, records_json)
     pairs = pd.DataFrame(records)
     wrong = pairs[pairs["actual"] != pairs["predicted"]]
     counts = wrong.groupby(["actual", "predicted"]).size().sort_values(ascending=False, kind="stable")
@@ -299,7 +310,7 @@ EXTRAS = {"houses_predictions": houses_predictions, "houses_cv": houses_cv, "sub
 
 
 def model_section(model: Model, outs: set[str], raw: dict, root: Path, notes: list[str]) -> Section:
-    metrics = read_metrics(root / model.metrics)
+    metrics = read_metrics(root, model.metrics)
     section = Section(model.name, model.title, model.summary, model.metrics)
 
     def present(path: str) -> bool:
@@ -314,7 +325,7 @@ def model_section(model: Model, outs: set[str], raw: dict, root: Path, notes: li
     used_by_label: dict[str, figures.UsedLR] = {}
     for lr in model.lr_finds:
         if present(lr.json):
-            record = json.loads((root / lr.json).read_text())
+            record = read_declared(root, lr.json)
             used = used_lr(lr, record, raw, root, used_by_label)
             used_by_history[lr.history] = used_by_label[lr.label] = used
             caption = (f"Suggested by the {record.get('rule')} rule: {record['suggested_lr']:.3g}. "
@@ -361,7 +372,7 @@ def model_section(model: Model, outs: set[str], raw: dict, root: Path, notes: li
     section.all_metrics = [{"path": model.metrics, "rows": metric_rows(metrics)}]
     for path in model.more_metrics:
         if present(path):
-            section.all_metrics.append({"path": path, "rows": metric_rows(read_metrics(root / path))})
+            section.all_metrics.append({"path": path, "rows": metric_rows(read_metrics(root, path))})
     shown = {key: dotted(raw, key) for key in model.params if dotted(raw, key) is not None}
     section.params_yaml = yaml.safe_dump(shown, sort_keys=False, default_flow_style=None, width=100)
     return section
@@ -405,7 +416,7 @@ def context(raw: dict, root: Path = Path("."), params_text: str = "") -> dict:
         if not (root / model.metrics).is_file():
             notes.append(f"{model.metrics} is declared in dvc.yaml but missing: run `dvc repro`.")
             continue
-        metrics[model.name] = read_metrics(root / model.metrics)
+        metrics[model.name] = read_metrics(root, model.metrics)
         sections.append(model_section(model, outs, raw, root, notes))
     models = [m for m in models if m.name in metrics]
     head, comparison = compare(root)

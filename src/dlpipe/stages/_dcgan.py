@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from dlpipe.config import Params
+from dlpipe.layouts import OBJECT, JsonFile
 from dlpipe.models.dcgan import Discriminator, Generator, build
 from dlpipe.training import live
 
@@ -21,6 +22,7 @@ FINAL_GRID = Path("reports/plots/dcgan/final_grid.png")
 # draws epoch means of it
 LIVE = live.stage_dir("train_dcgan")
 TRAIN_RECORD = Path("reports/details/dcgan_train.json")  # what went wrong in training (NaN steps, collapse)
+TRAIN_RECORD_FILE = JsonFile("train_dcgan", TRAIN_RECORD.as_posix(), OBJECT)
 
 # Separate streams, so that changing one draw (say, more grid images) leaves the others alone.
 FIXED_NOISE_OFFSET, EVAL_NOISE_OFFSET, CLASS_NOISE_OFFSET, REAL_DRAW_OFFSET = 1, 2, 3, 4

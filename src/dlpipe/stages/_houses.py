@@ -9,6 +9,7 @@ import torch
 from dlpipe.config import Params
 from dlpipe.data.houses_prepared import load_split
 from dlpipe.data.loaders import TensorLoader
+from dlpipe.layouts import COUNT, FLOAT, CsvFile, JsonFile, Tensor, TensorFile, array, record
 from dlpipe.models.mlp import HouseMLP
 
 LR_FIND_JSON = Path("reports/lr_find/houses.json")
@@ -17,6 +18,21 @@ CHECKPOINT = Path("checkpoints/houses/last.pt")
 # cv_houses' outputs, read by evaluate_houses
 CV_RECORD = Path("reports/cv/houses.json")  # every number of the cross-validation
 CV_PREDICTIONS = Path("models/houses_cv_predictions.pt")  # test Ids and the bagged test log-prices
+CV_CURVE = Path("reports/plots/houses/cv_curve.csv")  # per epoch: the mean validation RMSLE and each fold's
+
+_RMSLE = {"type": "number", "minimum": 0}
+CV_RECORD_FILE = JsonFile("cv_houses", CV_RECORD.as_posix(), record({
+    "cv_rmsle": _RMSLE, "cv_rmsle_sd": _RMSLE, "cv_fold_rmsle": array(_RMSLE),
+    "cv_rmsle_without_outliers": _RMSLE, "cv_fold_rmsle_without_outliers": array(_RMSLE),
+    "cv_epoch": {"type": "integer", "minimum": 1}, "cv_epochs_run": {"type": "integer", "minimum": 1},
+    "cv_rmsle_last_epoch": _RMSLE, "cv_folds": {"type": "integer", "minimum": 2},
+    "cv_seeds": {"type": "integer", "minimum": 1}, "cv_held_out_rows": array(COUNT),
+    "cv_held_out_outlier_rows": array(COUNT), "cv_lr": {"type": "number", "exclusiveMinimum": 0},
+}))
+CV_PREDICTIONS_FILE = TensorFile("cv_houses", CV_PREDICTIONS.as_posix(), {
+    "id": Tensor("int64", ("N",), min=0, unique=True), "log_price": Tensor(FLOAT, ("N",))})
+CV_CURVE_FILE = CsvFile("cv_houses", CV_CURVE.as_posix(), {"epoch": "number", "cv_rmsle": "number",
+                                                          "chosen_epoch": "number"})
 
 
 def loaders(params: Params, device: torch.device) -> tuple[TensorLoader, TensorLoader]:

@@ -30,17 +30,16 @@ import torch
 
 from dlpipe import runtime
 from dlpipe.config import Params
-from dlpipe.data.houses_prepared import PREPARED_DIR, load_split
+from dlpipe.data.houses_prepared import PREPARED_DIR, load_split, load_summary
 from dlpipe.data.loaders import TensorLoader
 from dlpipe.declare import Stage
-from dlpipe.io import read_json, write_json, write_text
-from dlpipe.stages._houses import CV_PREDICTIONS, CV_RECORD, LR_FIND_JSON, build_model
-from dlpipe.tensor_io import save_tensors
+from dlpipe.stages._houses import (CV_CURVE, CV_CURVE_FILE, CV_PREDICTIONS, CV_PREDICTIONS_FILE, CV_RECORD, CV_RECORD_FILE,
+                                   LR_FIND_JSON, build_model)
 from dlpipe.training import loop, lr_finder
 from dlpipe.training.tasks import log_price_regression
 
 log = logging.getLogger(__name__)
-CURVE = Path("reports/plots/houses/cv_curve.csv")  # per epoch: the mean validation RMSLE and each fold's
+CURVE = CV_CURVE
 
 
 STAGE = Stage(
@@ -125,12 +124,12 @@ def cross_validate(params: Params, folds: list[dict[str, torch.Tensor]], lr: flo
     return {"record": record, "curves": curves, "test_log_price": test_sum[chosen] / (len(folds) * len(model_seeds))}
 
 
-def curve_csv(curves: np.ndarray, chosen_epoch: int) -> str:
+def curve_table(curves: np.ndarray, chosen_epoch: int) -> pd.DataFrame:
     """epoch, the mean curve, the chosen epoch (on every row: the plot's marker) and each fold's curve."""
     table = pd.DataFrame({"epoch": np.arange(1, curves.shape[1] + 1), "cv_rmsle": curves.mean(axis=0),
                           "chosen_epoch": chosen_epoch,
                           **{f"fold_{i + 1}": curve for i, curve in enumerate(curves)}})
-    return table.to_csv(index=False, float_format="%.6f")
+    return table
 
 
 def main(params: Params) -> None:
@@ -140,9 +139,9 @@ def main(params: Params) -> None:
     folds = [load_split(f"cv_fold{i}", device) for i in range(prepared_folds())]
     result = cross_validate(params, folds, lr, device)
     record = result["record"]
-    save_tensors(CV_PREDICTIONS, {"id": test_ids, "log_price": torch.from_numpy(result["test_log_price"])})
-    write_text(CURVE, curve_csv(result["curves"], record["cv_epoch"]))
-    write_json(CV_RECORD, record)
+    CV_PREDICTIONS_FILE.save(CV_PREDICTIONS, {"id": test_ids, "log_price": torch.from_numpy(result["test_log_price"])})
+    CV_CURVE_FILE.write(CURVE, curve_table(result["curves"], record["cv_epoch"]), float_format="%.6f")
+    CV_RECORD_FILE.write(CV_RECORD, record)
     log.info("houses cross-validation: cv_rmsle %.5f (sd %.5f over %d folds) at epoch %d of %d; %d models bagged",
              record["cv_rmsle"], record["cv_rmsle_sd"], record["cv_folds"], record["cv_epoch"],
              record["cv_epochs_run"], record["cv_folds"] * record["cv_seeds"])
@@ -150,4 +149,4 @@ def main(params: Params) -> None:
 
 def prepared_folds(folder: Path = PREPARED_DIR) -> int:
     """How many folds prepare_houses wrote (its ``houses.prepare.cv_folds``, as its summary records)."""
-    return int(read_json(Path(folder) / "summary.json", producer="prepare_houses")["cv"]["folds"])
+    return load_summary(folder)["cv"]["folds"]

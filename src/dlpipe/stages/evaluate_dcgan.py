@@ -29,11 +29,10 @@ sample was drawn is written out in reports/fid/dcgan.json.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from dlpipe import runtime
@@ -41,8 +40,9 @@ from dlpipe.config import Params
 from dlpipe.data import classifier_prepared as cp
 from dlpipe.data.gan_prepared import PREPARED_DIR, REAL_EVAL, TRAIN, load_images, load_meta
 from dlpipe.declare import Stage
+from dlpipe.layouts import NUMBERS, CsvFile, JsonFile, metrics_files, record
 from dlpipe.errors import PipelineError
-from dlpipe.io import write_json, write_metrics, write_text
+from dlpipe.io import write_metrics
 from dlpipe.models.lenet import LeNet
 from dlpipe.metrics.fid import LeNetFeatures, frechet_distance, inception_distance
 from dlpipe.pictures.sample_grid import to_uint8
@@ -54,9 +54,14 @@ log = logging.getLogger(__name__)
 FEATURE_WEIGHTS = Path("models/fid_lenet.pt")  # train_fid_lenet's output (not imported: it pulls in the loop)
 METRICS = Path("reports/metrics/dcgan.json")  # HEADLINE only; every number (and the class note) in DETAILS
 DETAILS = Path("reports/details/dcgan.json")
+METRICS_FILE, DETAILS_FILE = metrics_files("evaluate_dcgan", METRICS, DETAILS)
 HEADLINE = ("fid",)  # its floor and ceiling are references, in DETAILS and the report's FID figure
 FID_RECORD = Path("reports/fid/dcgan.json")
 CLASS_HISTOGRAM = Path("reports/plots/dcgan/class_histogram.csv")
+# no rows for a folder of pictures, which has no classes
+CLASS_HISTOGRAM_FILE = CsvFile("evaluate_dcgan", CLASS_HISTOGRAM.as_posix(), {"class": "text", "share": "number"},
+                               min_rows=0)
+FID_RECORD_FILE = JsonFile("evaluate_dcgan", FID_RECORD.as_posix(), record({"metrics": NUMBERS}))
 BATCH = 500
 NO_CLASS_METRICS = (
     "omitted: the pictures are not the classifier's classes (the FID's LeNet was trained on {dataset}), so "
@@ -106,11 +111,8 @@ def class_shares(features: LeNetFeatures, images: torch.Tensor, num_classes: int
 
 
 def write_histogram(path: Path, names: list[str], shares: torch.Tensor) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["class", "share"])
-    writer.writerows([name, f"{share:.6f}"] for name, share in zip(names, shares.tolist()))
-    write_text(path, buffer.getvalue())
+    frame = pd.DataFrame({"class": names, "share": shares.tolist()}, columns=["class", "share"])
+    CLASS_HISTOGRAM_FILE.write(path, frame, float_format="%.6f")
 
 
 def real_samples(params: Params, meta: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -190,8 +192,8 @@ def main(params: Params) -> None:
         write_histogram(CLASS_HISTOGRAM, class_names, shares)
     else:  # a declared output: it must exist, so the header alone (no class, no share)
         write_histogram(CLASS_HISTOGRAM, [], torch.zeros(0))
-    write_json(FID_RECORD, record)
-    write_metrics(METRICS, DETAILS, metrics, HEADLINE)
+    FID_RECORD_FILE.write(FID_RECORD, record)
+    write_metrics(METRICS_FILE, DETAILS_FILE, metrics, HEADLINE)
     if not classes:
         log.info("dcgan: fid %.3f (ceiling %.3f, floor %.3f; fid/ceiling %.4f, fid/floor %.2f; N %d of a pool of "
                  "%d); class metrics %s", fid, ceiling, floor, metrics["fid_over_ceiling"], metrics["fid_over_floor"],

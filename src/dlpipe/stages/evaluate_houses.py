@@ -8,7 +8,6 @@ predicted-vs-true table; the submission is cv_houses' bag of fold models, whose
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
@@ -20,18 +19,23 @@ from dlpipe import runtime
 from dlpipe.config import Params
 from dlpipe.data.houses_prepared import PREPARED_DIR, load_split
 from dlpipe.declare import Stage
+from dlpipe.layouts import CsvFile, metrics_files
 from dlpipe.errors import PipelineError
-from dlpipe.io import read_json, write_metrics, write_text
+from dlpipe.io import write_metrics
 from dlpipe.models.mlp import HouseMLP
-from dlpipe.stages._houses import CV_PREDICTIONS, CV_RECORD, WEIGHTS, empty_model
-from dlpipe.tensor_io import load_into, load_tensors
+from dlpipe.stages._houses import CV_PREDICTIONS, CV_PREDICTIONS_FILE, CV_RECORD, CV_RECORD_FILE, WEIGHTS, empty_model
+from dlpipe.tensor_io import load_into
 
 log = logging.getLogger(__name__)
 SUBMISSION = Path("reports/submission.csv")
 METRICS = Path("reports/metrics/houses.json")  # HEADLINE only; every number in DETAILS
 DETAILS = Path("reports/details/houses.json")
+METRICS_FILE, DETAILS_FILE = metrics_files("evaluate_houses", METRICS, DETAILS)
 HEADLINE = ("val_rmsle", "cv_rmsle")
 VAL_PREDICTIONS = Path("reports/plots/houses/val_predictions.csv")
+SUBMISSION_FILE = CsvFile("evaluate_houses", SUBMISSION.as_posix(), {"Id": "number", "SalePrice": "number"})
+VAL_PREDICTIONS_FILE = CsvFile("evaluate_houses", VAL_PREDICTIONS.as_posix(), {
+    "Id": "number", "true_price": "number", "predicted_price": "number", "outlier": "text", "residual_log": "number"})
 
 
 STAGE = Stage(
@@ -81,20 +85,18 @@ def main(params: Params) -> None:
         "val_outlier_rows": int(outlier.sum()),
     }
 
-    metrics.update(read_json(CV_RECORD, producer="cv_houses"))
-    bagged = load_tensors(CV_PREDICTIONS, producer="cv_houses")
+    metrics.update(CV_RECORD_FILE.read(CV_RECORD))
+    bagged = CV_PREDICTIONS_FILE.load(CV_PREDICTIONS, N=len(test["id"]))
     prices = np.expm1(bagged["log_price"].double().numpy())
     submission = pd.DataFrame({"Id": bagged["id"].numpy(), "SalePrice": prices})
     check_submission(submission, test["id"].numpy())
-    write_text(SUBMISSION, submission.to_csv(index=False))
+    SUBMISSION_FILE.write(SUBMISSION, submission)
 
     table = pd.DataFrame({
         "Id": val["id"].cpu().numpy(), "true_price": np.expm1(val_log_true),
         "predicted_price": np.expm1(val_log_pred), "outlier": outlier,
     })
     table["residual_log"] = val_log_pred - val_log_true
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    write_text(VAL_PREDICTIONS, buffer.getvalue())
-    write_metrics(METRICS, DETAILS, metrics, HEADLINE)
+    VAL_PREDICTIONS_FILE.write(VAL_PREDICTIONS, table)
+    write_metrics(METRICS_FILE, DETAILS_FILE, metrics, HEADLINE)
     log.info("houses metrics: %s; submission: %d rows", metrics, len(submission))

@@ -20,7 +20,8 @@ from dlpipe import runtime
 from dlpipe.config import Params
 from dlpipe.data.classifier_prepared import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
-from dlpipe.io import write_json, write_metrics, write_text
+from dlpipe.layouts import TEXT, JsonFile, array, metrics_files, record
+from dlpipe.io import write_metrics, write_text
 from dlpipe.metrics.confusion import confusion_matrix
 from dlpipe.pictures.confusion import plot_confusion
 from dlpipe.stages._lenet import WEIGHTS, build_model, eval_loader
@@ -30,9 +31,11 @@ from dlpipe.training.loop import predict
 log = logging.getLogger(__name__)
 METRICS = Path("reports/metrics/lenet.json")  # HEADLINE only; every number in DETAILS
 DETAILS = Path("reports/details/lenet.json")
+METRICS_FILE, DETAILS_FILE = metrics_files("evaluate_lenet", METRICS, DETAILS)
 HEADLINE = ("test_accuracy", "val_accuracy")
 CONFUSION_JSON = Path("reports/plots/lenet/confusion.json")
 CONFUSION_PNG = Path("reports/plots/lenet/confusion.png")
+CONFUSION_FILE = JsonFile("evaluate_lenet", CONFUSION_JSON.as_posix(), array(record({"actual": TEXT, "predicted": TEXT})))
 CLASS_ACCURACY = Path("reports/plots/lenet/class_accuracy.csv")
 
 
@@ -75,10 +78,10 @@ def main(params: Params) -> None:
     }
     actual_names = [names[i] for i in actual.tolist()]
     predicted_names = [names[i] for i in predicted.tolist()]
-    write_json(CONFUSION_JSON, [{"actual": a, "predicted": p} for a, p in zip(actual_names, predicted_names)])
+    CONFUSION_FILE.write(CONFUSION_JSON, [{"actual": a, "predicted": p} for a, p in zip(actual_names, predicted_names)])
     plot_confusion(matrix, names, CONFUSION_PNG,
                    f"LeNet on {meta['dataset']} test: accuracy {metrics['test_accuracy']:.4f}")
     write_text(CLASS_ACCURACY, class_accuracy(matrix, names).to_csv(index=False))
-    write_metrics(METRICS, DETAILS, metrics, HEADLINE)
+    write_metrics(METRICS_FILE, DETAILS_FILE, metrics, HEADLINE)
     log.info("lenet on %s: test_accuracy %.4f (%d images), val_accuracy %.4f", meta["dataset"],
              metrics["test_accuracy"], len(actual), metrics["val_accuracy"])

@@ -19,6 +19,7 @@ from dlpipe import runtime
 from dlpipe.config import Params
 from dlpipe.data.transfer_images import PREPARED_DIR, load_meta
 from dlpipe.declare import Stage
+from dlpipe.layouts import metrics_files
 from dlpipe.io import write_metrics
 from dlpipe.models.resnet import ResNet18
 from dlpipe.pictures.image_grid import plot_image_grid
@@ -29,6 +30,7 @@ from dlpipe.training.loop import predict
 log = logging.getLogger(__name__)
 METRICS = Path("reports/metrics/transfer.json")  # HEADLINE only; every number in DETAILS
 DETAILS = Path("reports/details/transfer.json")
+METRICS_FILE, DETAILS_FILE = metrics_files("evaluate_transfer", METRICS, DETAILS)
 # Three short keys: `dvc metrics show` prints every model's headline on one line.
 HEADLINE = ("head_val_accuracy", "finetune_val_accuracy", "head_gain")
 MISCLASSIFIED_PNG = PLOTS / "misclassified.png"
@@ -74,7 +76,7 @@ def main(params: Params) -> None:
                     f"ResNet18 fine-tuned on {meta['dataset']}: {len(wrong)} of {len(targets)} validation "
                     f"images misclassified" + (f" (first {MAX_SHOWN})" if len(wrong) > MAX_SHOWN else ""),
                     empty_note="no validation image misclassified")
-    write_metrics(METRICS, DETAILS, metrics, HEADLINE)
+    write_metrics(METRICS_FILE, DETAILS_FILE, metrics, HEADLINE)
     log.info("transfer on %s: head_val_accuracy %.4f, finetune_val_accuracy %.4f; random backbone %.4f, %.4f "
              "(%d images)", meta["dataset"], metrics["head_val_accuracy"], metrics["finetune_val_accuracy"],
              metrics["random_head_val_accuracy"], metrics["random_finetune_val_accuracy"], len(targets))

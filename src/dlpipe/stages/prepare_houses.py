@@ -16,7 +16,7 @@ import torch
 
 from dlpipe.config import HousesPrepare, Params
 from dlpipe.data import houses_features as hf
-from dlpipe.data.houses_prepared import PREPARED_DIR, RAW_DIR, save_split
+from dlpipe.data.houses_prepared import PREPARED_DIR, RAW_DIR, SUMMARY, save_split
 from dlpipe.declare import Stage
 from dlpipe.errors import PipelineError
 from dlpipe.io import atomic_dir, write_json
@@ -139,5 +139,5 @@ def main(params: Params) -> None:
         for name, tensors in {**result["splits"], **result["folds"]}.items():
             save_split(staging, name, tensors)
         write_json(staging / "features.json", result["spec"].to_dict())
-        write_json(staging / "summary.json", result["summary"])
+        SUMMARY.write(staging / "summary.json", result["summary"])
     log.info("prepared houses: %s", result["summary"]["rows"])

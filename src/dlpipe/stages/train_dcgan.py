@@ -29,10 +29,10 @@ from dlpipe.config import Params
 from dlpipe.data.gan_prepared import META_JSON, PREPARED_DIR, TRAIN, load_images, load_meta, to_unit_range
 from dlpipe.data.loaders import TensorLoader
 from dlpipe.declare import Stage
-from dlpipe.io import atomic_dir, write_json
+from dlpipe.io import atomic_dir
 from dlpipe.pictures.sample_grid import save_grid, to_uint8
 from dlpipe.stages._dcgan import (CHECKPOINT, DISCRIMINATOR_WEIGHTS, FINAL_GRID, FIXED_NOISE_OFFSET, GENERATOR_WEIGHTS,
-                                  LIVE, SAMPLES_DIR, SAMPLES_STORE, TRAIN_RECORD, build_networks, generate, noise)
+                                  LIVE, SAMPLES_DIR, SAMPLES_STORE, TRAIN_RECORD, TRAIN_RECORD_FILE, build_networks, generate, noise)
 from dlpipe.training.checkpoint import run_identity
 from dlpipe.training.gan import GanResult, epoch_means, fit_gan
 from dlpipe.training.gan_augment import DiffAugment
@@ -158,7 +158,7 @@ def main(params: Params) -> None:
     tensor_io.save_weights(GENERATOR_WEIGHTS, result.sampler.state_dict())
     tensor_io.save_weights(DISCRIMINATOR_WEIGHTS, run.discriminator.state_dict())
     metrics = summary(result.history, result.watch, cfg.epochs)
-    write_json(TRAIN_RECORD, metrics)
+    TRAIN_RECORD_FILE.write(TRAIN_RECORD, metrics)
     log.info("dcgan on %s: %d epochs (%d run now, %.1f s), %d steps, nan_steps %d, d_collapse_steps %d "
              "(longest %d, alerts %d)", run.meta["dataset"], cfg.epochs, result.epochs_run,
              time.perf_counter() - started, metrics["steps"], metrics["nan_steps"], metrics["d_collapse_steps"],

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlpipe.errors import excerpt
 from dlpipe.io import atomic_path, sha256_file, sweep_stale
 from dlpipe.signals import sigint_deferred
 from dlpipe.tensor_io import save_tensors
@@ -119,11 +120,29 @@ def load_resumable(path: str | Path, params_hash: str) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        log.warning("checkpoint %s is unreadable (%s); starting afresh", path, type(exc).__name__)
+        set_aside(path, f"unreadable: {type(exc).__name__}")
+        return None
+    if not isinstance(state, dict):
+        set_aside(path, f"a {type(state).__name__}, not a dict")
         return None
     if state.get("params_hash") != params_hash:
         log.info("checkpoint %s was made with other params; starting afresh", path)
         return None
+    if not isinstance(state.get("epoch"), int) or isinstance(state["epoch"], bool) or state["epoch"] < 0:
+        set_aside(path, f"'epoch' is {excerpt(repr(state.get('epoch')))}, expected a count")
+        return None
     log.info("resuming from %s (epoch %d done)", path, state["epoch"])
     _kept = (path, state["epoch"])
     return state
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move a checkpoint that cannot be resumed to ``<name>.malformed`` (replacing an older
+    one), so that training starts afresh and the file stays for a look."""
+    global _kept
+    target = path.with_name(path.name + ".malformed")
+    os.replace(path, target)
+    log.warning("checkpoint %s cannot be resumed (%s): set aside as %s; training starts afresh", path, why, target)
+    if _kept is not None and _kept[0] == path:
+        _kept = None
+    return target

@@ -27,6 +27,10 @@ import csv
 import logging
 from pathlib import Path
 
+from dlpipe.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
 ROOT = Path("dvclive")
 METRICS_FILE = "metrics.json"
 PLOTS = "plots"
@@ -66,8 +70,16 @@ def read_series(directory: Path) -> dict[str, dict[int, str]]:
     """{series name: {step: the cell's text}} of every TSV under ``plots/metrics``."""
     found = {}
     for path in sorted((directory / SERIES).glob("*.tsv")):
-        with path.open(newline="", encoding="utf-8") as fh:
-            found[path.stem] = {int(row["step"]): row[path.stem] for row in csv.DictReader(fh, delimiter="\t")}
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                rows = {int(row["step"]): row[path.stem] for row in csv.DictReader(fh, delimiter="\t")}
+            for text in rows.values():
+                _number(text)
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+            # the folder is named after the training stage (a baseline's with _random)
+            raise PipelineError(f"{path}: not a series DVCLive writes (step, {path.stem}: numbers; "
+                                f"{type(exc).__name__}); rerun {directory.name.removesuffix('_random')}") from None
+        found[path.stem] = rows
     return found
 
 
@@ -110,7 +122,11 @@ class TrainingLog:
         """How many of ``history``'s rows the folder already holds, cell for cell (0: start it afresh)."""
         if not directory.is_dir():
             return 0
-        series = read_series(directory)
+        try:
+            series = read_series(directory)
+        except PipelineError as exc:  # damaged: rewritten from the checkpoint's history
+            log.warning("%s; starting the folder afresh", exc)
+            return 0
         count = len({step for values in series.values() for step in values})
         if not series or count > len(history):
             return 0

@@ -26,8 +26,8 @@ itself lie past it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +38,7 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from dlpipe.config import LRRangeTest
 from dlpipe.errors import PipelineError
-from dlpipe.io import write_json
+from dlpipe.layouts import NUMBER, TEXT, JsonFile, array, record
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,27 @@ def suggest(lrs: np.ndarray, losses: np.ndarray, rule: str) -> dict:
     }
 
 
+_LR = {"type": "number", "exclusiveMinimum": 0}
+_LRS = {"type": "object", "additionalProperties": _LR}
+# reports/lr_find/<model>.json, written by lr_find_<model> (the baselines' <model>_random.json too).
+RECORD = JsonFile("lr_find_<model>", "reports/lr_find/*.json", record({
+    "lrs": array(_LR, min_items=2), "losses": array(NUMBER, min_items=2), "rules": _LRS, "suggestions": _LRS,
+    "rule": {"enum": list(RULES)}, "suggested_lr": _LR, "lr_at_min": _LR, "past_min": array(TEXT, min_items=0),
+    "disagreement": record({"ratio": {"type": "number", "minimum": 1}, "flagged": {"type": "boolean"}}),
+}))
+CURVE = JsonFile("lr_find_<model>", "reports/lr_find/*_curve.json", array(record({"lr": _LR, "loss": NUMBER})))
+
+
+def record_file(json_path: Path, layout: JsonFile = RECORD) -> JsonFile:
+    """The layout of the record at ``json_path`` (or of its curve), naming the stage that writes it."""
+    producer = "lr_find_" + Path(json_path).stem.removesuffix("_curve").removesuffix("_random")
+    return dataclasses.replace(layout, producer=producer, pattern=Path(json_path).as_posix())
+
+
+def read_record(json_path: Path) -> dict:
+    return record_file(json_path).read(json_path)
+
+
 def curve_plot(json_path: Path, title: str, x_label: str = "learning rate (log scale)") -> tuple[Path, dict]:
     """The stage declaration's plot of a range test: its curve on a log-x axis
     (template .dvc/plots/lr_find_logx.json), the suggestion dashed."""
@@ -204,24 +225,22 @@ def save_result(result: dict, json_path: Path) -> None:
     """The record (parallel lists, read by ``lr: auto``) and the same curve as a list of
     records {lr, loss, suggested_lr}, the shape ``dvc plots`` draws (log-x template
     .dvc/plots/lr_find_logx.json)."""
-    write_json(json_path, result)
-    write_json(curve_path(json_path), [
+    record_file(json_path).write(json_path, result)
+    curve = [
         {"lr": lr, "loss": loss, "suggested_lr": result["suggested_lr"]}
         for lr, loss in zip(result["lrs"], result["losses"])
-    ])
+    ]
+    record_file(curve_path(json_path), CURVE).write(curve_path(json_path), curve)
 
 
 def resolve_lr(lr: float | str, json_path: Path, key: str) -> float:
     """A number is used as is; ``auto`` takes the LR range test's suggestion."""
     if lr != "auto":
         return float(lr)
-    try:
-        record = json.loads(Path(json_path).read_text())
-        value = float(record["suggested_lr"])
-    except FileNotFoundError:
+    if not Path(json_path).is_file():
         raise PipelineError(f"params.yaml: '{key}' is 'auto' but {json_path} does not exist: "
-                            "run its lr_find stage first (dvc repro, or set a number)") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{json_path}: no numeric 'suggested_lr' (needed by '{key}: auto')") from None
+                            "run its lr_find stage first (dvc repro, or set a number)")
+    record = read_record(json_path)
+    value = float(record["suggested_lr"])
     log.info("%s: auto -> %.4g (rule %s, from %s)", key, value, record.get("rule"), json_path)
     return value

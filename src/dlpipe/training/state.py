@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from dlpipe.errors import excerpt
 from dlpipe.training import checkpoint, faults
 from dlpipe.training.live import TrainingLog
 
@@ -113,10 +114,36 @@ class TrainingState:
         if self.files.checkpoint is not None:
             saved = checkpoint.load_resumable(self.files.checkpoint, self.files.identity)
         if saved:
-            self.load_state_dict(saved)
+            progress, objects = {key: getattr(self, key) for key in self._PROGRESS}, self.snapshot()
+            try:
+                self._check_saved(saved)
+                self.load_state_dict(saved)
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+                # Not the checkpoint this code writes: back to the fresh start, the file set aside.
+                why = f"{type(exc).__name__}: {excerpt(' '.join(str(exc).split()))}"
+                checkpoint.set_aside(Path(self.files.checkpoint), why)
+                self.restore(objects)
+                for key, value in progress.items():
+                    setattr(self, key, value)
+                saved = None
         if self.files.live is not None:
             self._log = TrainingLog(self.files.live, self.files.step_key, self.history, self.summary)
         return bool(saved)
+
+    def _check_saved(self, saved: dict) -> None:
+        """The progress values' types (the components' states are checked by their own
+        ``load_state_dict``)."""
+        kinds = {"epoch": int, "history": list, "best_epoch": int, "bad_epochs": int, "stopped": bool, "rng": dict}
+        for key, kind in kinds.items():
+            if not isinstance(saved.get(key), kind) or (kind is int and saved[key] < 0):
+                raise ValueError(f"'{key}' is {excerpt(repr(saved.get(key)))}, expected a {kind.__name__}")
+        if not all(isinstance(row, dict) for row in saved["history"]) or len(saved["history"]) < saved["epoch"]:
+            raise ValueError(f"'history' does not hold a row per epoch of the {saved['epoch']} done")
+        if saved.get("best_metric") is not None and not isinstance(saved["best_metric"], (int, float)):
+            raise ValueError("'best_metric' is not a number")
+        best = saved.get("best_state")
+        if best is not None and not (isinstance(best, dict) and all(isinstance(v, torch.Tensor) for v in best.values())):
+            raise ValueError("'best_state' is not a state_dict")
 
     def snapshot(self) -> dict:
         """A copy in memory of what training changes within an epoch (the components and
