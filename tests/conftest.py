@@ -54,6 +54,14 @@ def write_params(path: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def limits(**overrides):
+    """params.yaml's ``downloads`` bounds (config.Downloads), with ``overrides``."""
+    from dlpipe.config import Downloads
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["downloads"]
+    return Downloads(**{**raw, **overrides})
+
+
 def engine_env(**extra: str) -> dict[str, str]:
     """Environment for dvc / snakemake / python subprocesses: the venv first on PATH."""
     env = dict(os.environ)

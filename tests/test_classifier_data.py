@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import LocalServer, set_key
+from conftest import LocalServer, limits, set_key
 from dlpipe.config import ClassifierData, Params, load_params
 from dlpipe.data import classifier_convert as cc
 from dlpipe.data.classifier_fetch import RAW_DIR, fetch
@@ -163,7 +163,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture
 def previous_output(in_tmp):
     """A finished digits fetch in data/raw/classifier: a failed fetch must leave it be."""
-    fetch(ClassifierData("digits", "https://example.invalid/x.tar.gz", "0" * 32), RAW_DIR)
+    fetch(ClassifierData("digits", "https://example.invalid/x.tar.gz", "0" * 32), RAW_DIR, limits())
     return snapshot(RAW_DIR)
 
 
@@ -212,18 +212,18 @@ def test_cifar10_fetch_and_prepare_from_the_local_server(cifar_server, in_tmp):
 def test_wrong_md5_is_refused_and_the_previous_output_kept(cifar_server, previous_output):
     cfg = cfg_for(cifar_server, ARCHIVE, checksum="0" * 32)
     with pytest.raises(PipelineError, match=r"md5 is [0-9a-f]{32}, expected 0{32} \(params 'lenet.data.cifar10_md5'\)"):
-        fetch(cfg, RAW_DIR)
+        fetch(cfg, RAW_DIR, limits())
     assert_untouched(previous_output)
 
 
 def test_truncated_archive_is_refused_and_the_previous_output_kept(cifar_server, previous_output):
     # Against the real archive's md5, a truncated download is an md5 mismatch...
     with pytest.raises(PipelineError, match="corrupt or truncated"):
-        fetch(cfg_for(cifar_server, "truncated.tar.gz", checksum=md5(cifar_server.root_dir / ARCHIVE)), RAW_DIR)
+        fetch(cfg_for(cifar_server, "truncated.tar.gz", checksum=md5(cifar_server.root_dir / ARCHIVE)), RAW_DIR, limits())
     assert_untouched(previous_output)
     # ...and even where the md5 matches (a wrong md5 in params), tar finds it incomplete.
     with pytest.raises(PipelineError, match="truncated.tar.gz .*not a complete tar.gz archive"):
-        fetch(cfg_for(cifar_server, "truncated.tar.gz"), RAW_DIR)
+        fetch(cfg_for(cifar_server, "truncated.tar.gz"), RAW_DIR, limits())
     assert_untouched(previous_output)
 
 
@@ -233,13 +233,13 @@ def test_unreachable_url_is_refused_and_the_previous_output_kept(previous_output
         port = sock.getsockname()[1]
     cfg = ClassifierData("cifar10", f"http://127.0.0.1:{port}/{ARCHIVE}", "0" * 32)
     with pytest.raises(PipelineError, match=rf"could not download http://127.0.0.1:{port}/.*cifar10_url"):
-        fetch(cfg, RAW_DIR)
+        fetch(cfg, RAW_DIR, limits())
     assert_untouched(previous_output)
 
 
 def test_missing_file_on_the_server_names_the_http_status(cifar_server, previous_output):
     with pytest.raises(PipelineError, match="HTTP 404"):
-        fetch(cfg_for(cifar_server, "no-such-file.tar.gz", checksum="0" * 32), RAW_DIR)
+        fetch(cfg_for(cifar_server, "no-such-file.tar.gz", checksum="0" * 32), RAW_DIR, limits())
     assert_untouched(previous_output)
 
 
@@ -251,7 +251,7 @@ def test_missing_file_on_the_server_names_the_http_status(cifar_server, previous
 ])
 def test_unsafe_or_foreign_archive_is_refused_before_extracting(cifar_server, previous_output, archive, message):
     with pytest.raises(PipelineError, match=message):
-        fetch(cfg_for(cifar_server, archive), RAW_DIR)
+        fetch(cfg_for(cifar_server, archive), RAW_DIR, limits())
     assert_untouched(previous_output)  # also: nothing landed beside data/raw/classifier
     assert not Path("/tmp/dlpipe-absolute-member.txt").exists()
 

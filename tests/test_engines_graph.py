@@ -255,7 +255,7 @@ def test_generated_files_are_what_the_declarations_give(tmp_path):
 def test_each_stage_reads_one_model_section_and_the_shared_keys():
     """params.yaml has one section per model: a stage reads its own model's section and the
     shared keys, and another model's results only through the files it declares as deps."""
-    shared = {"seed", "device", "threads", "accel"}
+    shared = {"seed", "device", "threads", "accel", "downloads"}
     for name, spec in declare.declarations().items():
         sections = {key.split(".")[0] for key in spec.params} - shared
         assert len(sections) <= 1, f"{name} reads {sorted(sections)}"

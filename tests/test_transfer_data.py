@@ -20,7 +20,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from conftest import LocalServer
+from conftest import LocalServer, limits
 from dlpipe.config import TransferData
 from dlpipe.data import transfer_augment as ta
 from dlpipe.data.transfer_fetch import RAW_DIR, fetch
@@ -97,7 +97,7 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def previous_output(in_tmp):
     """A finished faces fetch: a failed fetch must leave it as it was."""
-    fetch(faces_cfg(), RAW_DIR)
+    fetch(faces_cfg(), RAW_DIR, limits())
     return snapshot(RAW_DIR)
 
 
@@ -113,7 +113,7 @@ def assert_untouched(before: dict[str, bytes]) -> None:
 def test_faces_are_an_image_folder_of_pngs_split_stratified_and_deterministic(in_tmp):
     from skimage.data import lfw_subset
 
-    fetch(faces_cfg(), RAW_DIR)
+    fetch(faces_cfg(), RAW_DIR, limits())
     first = snapshot(RAW_DIR)
     files = {split: {cls: sorted(p.name for p in (RAW_DIR / split / cls).iterdir()) for cls in ("face", "non_face")}
              for split in ("train", "val")}
@@ -134,11 +134,11 @@ def test_faces_are_an_image_folder_of_pngs_split_stratified_and_deterministic(in
             pixels = np.asarray(image)
         assert np.array_equal(pixels, np.round(lfw[int(name[4:7])] * 255).astype(np.uint8))
     assert json.loads((RAW_DIR / "source.json").read_text())["name"] == "faces"
-    fetch(faces_cfg(), RAW_DIR)
+    fetch(faces_cfg(), RAW_DIR, limits())
     assert snapshot(RAW_DIR) == first  # same bytes again
-    fetch(faces_cfg(split_seed=7), RAW_DIR)
+    fetch(faces_cfg(split_seed=7), RAW_DIR, limits())
     assert snapshot(RAW_DIR) != first
-    fetch(faces_cfg(train_per_class=3), RAW_DIR)
+    fetch(faces_cfg(train_per_class=3), RAW_DIR, limits())
     assert [len(list((RAW_DIR / "train" / cls).iterdir())) for cls in ("face", "non_face")] == [3, 3]
     assert [len(list((RAW_DIR / "val" / cls).iterdir())) for cls in ("face", "non_face")] == [97, 97]
 
@@ -208,13 +208,13 @@ def test_hymenoptera_fetch_and_prepare_from_the_local_server(zip_server, in_tmp)
 
 def test_wrong_md5_is_refused_and_the_previous_output_kept(zip_server, previous_output):
     with pytest.raises(PipelineError, match=r"md5 is [0-9a-f]{32}, expected f{32} \(params 'transfer.data.hymenoptera_md5'\)"):
-        fetch(hym_cfg(zip_server, checksum="f" * 32), RAW_DIR)
+        fetch(hym_cfg(zip_server, checksum="f" * 32), RAW_DIR, limits())
     assert_untouched(previous_output)
 
 
 def test_empty_md5_fetches_and_logs_the_md5_to_pin(zip_server, in_tmp, caplog):
     with caplog.at_level(logging.WARNING):
-        fetch(hym_cfg(zip_server, checksum=""), RAW_DIR)
+        fetch(hym_cfg(zip_server, checksum=""), RAW_DIR, limits())
     actual = md5(zip_server.root_dir / ZIP)
     assert f"its md5 is {actual}" in caplog.text
     assert json.loads((RAW_DIR / "source.json").read_text())["md5"] == actual
@@ -229,7 +229,7 @@ def test_empty_md5_fetches_and_logs_the_md5_to_pin(zip_server, in_tmp, caplog):
 ])
 def test_unsafe_or_foreign_archive_is_refused(zip_server, previous_output, archive, message):
     with pytest.raises(PipelineError, match=message):
-        fetch(hym_cfg(zip_server, archive), RAW_DIR)
+        fetch(hym_cfg(zip_server, archive), RAW_DIR, limits())
     assert_untouched(previous_output)  # also: nothing landed beside data/raw/transfer
     assert not Path("/tmp/dlpipe-absolute-zip-member.txt").exists()
     assert not (RAW_DIR.parent.parent / "escaped.txt").exists()
@@ -268,7 +268,7 @@ def test_folder_with_train_and_val_is_copied_as_it_is(in_tmp):
     png(root / "train" / "dogs" / "more" / "deep.png", 7)  # ImageFolder reads class folders recursively
     (root / "train" / "cats" / "notes.txt").write_text("not a picture")
     (root / "train" / ".hidden").mkdir()  # hidden folders are no classes (as prepare_transfer reads them)
-    fetch(folder_cfg("mine"), RAW_DIR)
+    fetch(folder_cfg("mine"), RAW_DIR, limits())
     copied = sorted(p.relative_to(RAW_DIR).as_posix() for p in RAW_DIR.rglob("*") if p.is_file())
     assert copied == ["source.json", "train/cats/cats_00.png", "train/cats/cats_01.png", "train/cats/cats_02.png",
                       "train/dogs/dogs_00.png", "train/dogs/dogs_01.png", "train/dogs/more/deep.png",
@@ -284,7 +284,7 @@ def test_folder_with_train_and_val_is_copied_as_it_is(in_tmp):
 def test_one_folder_of_classes_is_split_stratified_and_deterministically(in_tmp):
     image_folder(in_tmp / "mine", {"a": 10, "b": 5, "c": 4})
     cfg = folder_cfg(in_tmp / "mine", folder_val_fraction=0.2)
-    fetch(cfg, RAW_DIR)
+    fetch(cfg, RAW_DIR, limits())
     first = snapshot(RAW_DIR)
     val = {cls: sorted(p.name for p in (RAW_DIR / "val" / cls).iterdir()) for cls in ("a", "b", "c")}
     train = {cls: sorted(p.name for p in (RAW_DIR / "train" / cls).iterdir()) for cls in ("a", "b", "c")}
@@ -297,9 +297,9 @@ def test_one_folder_of_classes_is_split_stratified_and_deterministically(in_tmp)
     assert source["folder"] == str(in_tmp / "mine") and source["class_names"] == ["a", "b", "c"]
     assert (source["layout"], source["val_fraction"], source["split_seed"]) == ("class folders, split here", 0.2, 42)
     assert source["class_counts"] == {"train": [8, 4, 3], "val": [2, 1, 1]}
-    fetch(cfg, RAW_DIR)
+    fetch(cfg, RAW_DIR, limits())
     assert snapshot(RAW_DIR) == first  # same bytes again
-    fetch(folder_cfg(in_tmp / "mine", folder_val_fraction=0.2, split_seed=7), RAW_DIR)
+    fetch(folder_cfg(in_tmp / "mine", folder_val_fraction=0.2, split_seed=7), RAW_DIR, limits())
     assert snapshot(RAW_DIR) != first
 
 
@@ -371,7 +371,7 @@ def test_bad_folder_is_refused_and_the_previous_output_kept(previous_output, tmp
     root = tmp_path_factory.mktemp("user")
     folder = build(root)
     with pytest.raises(PipelineError, match=message.format(root=root)):
-        fetch(folder_cfg(folder), RAW_DIR)
+        fetch(folder_cfg(folder), RAW_DIR, limits())
     assert_untouched(previous_output)
 
 

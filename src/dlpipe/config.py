@@ -54,6 +54,19 @@ LR_AUTO = "'auto' (use the LR range test's suggestion) or a number > 0"
 
 
 @dataclass(frozen=True)
+class Downloads:
+    """The bounds of every fetch (fetch_houses, fetch_classifier, fetch_transfer)."""
+
+    stall_s: float = key("seconds without a byte before a download is given up, 1 to 3600", minimum=1,
+                         maximum=3600)
+    deadline_s: float = key("seconds for a whole download, connecting included, 1 to 86400", minimum=1,
+                            maximum=86400)
+    max_member_mib: int = key("MiB one archive member may unpack to, 1 to 65536", minimum=1, maximum=65536)
+    max_archive_mib: int = key("MiB all the members of one archive may unpack to, 1 to 1048576", minimum=1,
+                               maximum=1048576)
+
+
+@dataclass(frozen=True)
 class LRRangeTest:
     """One LR range test (lr_find_<model> stage): an exponential or linear LR sweep."""
 
@@ -392,6 +405,7 @@ class Params:
         additionalProperties={"type": "integer", "minimum": 1, "maximum": 1024,
                               "description": "a thread count from 1 to 1024"})
     accel: AccelOptions = key()
+    downloads: Downloads = key()
     houses: HousesSection = key()
     lenet: LeNetSection = key()
     transfer: TransferSection = key()

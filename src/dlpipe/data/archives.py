@@ -23,15 +23,9 @@ from tqdm import tqdm
 
 from dlpipe.errors import PipelineError, excerpt, size_text
 
-STALL_S = 60.0  # seconds without a byte (connecting, or any read) before a download is given up
-# Seconds for a whole download, connecting included: CIFAR-10's 163 MiB arrive in it at 46 KiB/s.
-# A server that trickles a byte now and then never stalls; this ends it.
-DEADLINE_S = 3600.0
 CHUNK = 1 << 20  # bytes per read
-# Bytes once extracted. The archives of params.yaml: CIFAR-10's largest member is 31 MB and
-# all of it 178 MB; the hymenoptera zip's members are pictures under 1 MB, 47 MB in all.
-MAX_MEMBER_BYTES = 1 << 30  # 1 GiB for one member
-MAX_ARCHIVE_BYTES = 8 << 30  # 8 GiB for all the members of one archive
+# The bounds (a stall timeout and a deadline per download, caps on what an archive unpacks
+# to) are params.yaml's ``downloads`` section, passed in as ``limits`` (config.Downloads).
 
 
 def unsafe_member_path(name: str) -> str | None:
@@ -49,19 +43,22 @@ class SizeBudget:
     """The caps on what one archive may write: each member's size (as the archive
     declares it, before it is read) is added here first, and refused beyond a cap."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, limits):
         self.label, self.total = label, 0
+        self.max_member, self.max_archive = limits.max_member_mib << 20, limits.max_archive_mib << 20
 
     def add(self, name: str, size: int) -> None:
-        if size > MAX_MEMBER_BYTES:
+        if size > self.max_member:
             raise PipelineError(f"{self.label}: member {excerpt(repr(name))} is {size_text(size)} once extracted, "
-                                f"over the cap of {size_text(MAX_MEMBER_BYTES)} for one member; refusing to "
-                                "extract it (an archive bomb, or not the dataset?)")
+                                f"over the cap of {size_text(self.max_member)} for one member "
+                                "(params 'downloads.max_member_mib'); refusing to extract it (an archive bomb, "
+                                "or not the dataset?)")
         self.total += size
-        if self.total > MAX_ARCHIVE_BYTES:
+        if self.total > self.max_archive:
             raise PipelineError(f"{self.label}: the members up to {excerpt(repr(name))} add up to "
                                 f"{size_text(self.total)} once extracted, over the cap of "
-                                f"{size_text(MAX_ARCHIVE_BYTES)} for one archive; refusing to extract it")
+                                f"{size_text(self.max_archive)} for one archive (params "
+                                "'downloads.max_archive_mib'); refusing to extract it")
 
 
 class _Watchdog:
@@ -116,15 +113,12 @@ class _Watchdog:
         return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
 
 
-def download(url: str, dest: Path, expected_md5: str, url_key: str, md5_key: str,
-             stall_s: float | None = None, deadline_s: float | None = None) -> str:
+def download(url: str, dest: Path, expected_md5: str, url_key: str, md5_key: str, limits) -> str:
     """Stream ``url`` to ``dest``, checking the length the server announced and the md5
     (skipped when ``expected_md5`` is empty); returns the md5. A download that sends
-    nothing for ``stall_s`` or is not done within ``deadline_s`` seconds (defaults:
-    STALL_S, DEADLINE_S) is given up; on any failure ``dest`` is removed. Errors name
-    the params keys."""
-    stall_s = STALL_S if stall_s is None else stall_s
-    deadline_s = DEADLINE_S if deadline_s is None else deadline_s
+    nothing for ``limits.stall_s`` or is not done within ``limits.deadline_s`` seconds
+    is given up; on any failure ``dest`` is removed. Errors name the params keys."""
+    stall_s, deadline_s = limits.stall_s, limits.deadline_s
     watchdog = _Watchdog(deadline_s)
     watchdog.timer.start()
     try:
@@ -194,9 +188,9 @@ def unsafe_tar_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def safe_extract_tar(archive: Path, dest: Path, label: str) -> None:
+def safe_extract_tar(archive: Path, dest: Path, label: str, limits) -> None:
     """Check every member first, then extract; any problem names the archive and member."""
-    budget = SizeBudget(label)
+    budget = SizeBudget(label, limits)
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = []
@@ -230,14 +224,14 @@ def unsafe_zip_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def safe_extract_zip(archive: Path, dest: Path, label: str) -> None:
+def safe_extract_zip(archive: Path, dest: Path, label: str, limits) -> None:
     """Check every member first, then extract each one, refusing any that
     would land outside ``dest``; any problem names the archive and the member."""
     root = dest.resolve()
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
-            budget = SizeBudget(label)
+            budget = SizeBudget(label, limits)
             for info in members:
                 reason = unsafe_zip_reason(info)
                 if reason:

@@ -46,22 +46,22 @@ def fetch_digits(dest: Path) -> None:
                                     "class_names": [str(name) for name in digits.target_names]})
 
 
-def fetch_cifar10(cfg: ClassifierData, dest: Path, scratch: Path) -> None:
+def fetch_cifar10(cfg: ClassifierData, dest: Path, scratch: Path, limits) -> None:
     archive = scratch / PurePosixPath(cfg.cifar10_url).name
     log.info("downloading %s", cfg.cifar10_url)
-    download(cfg.cifar10_url, archive, cfg.cifar10_md5, "lenet.data.cifar10_url", "lenet.data.cifar10_md5")
+    download(cfg.cifar10_url, archive, cfg.cifar10_md5, "lenet.data.cifar10_url", "lenet.data.cifar10_md5", limits)
     label = f"{archive.name} from {cfg.cifar10_url}"
-    safe_extract_tar(archive, dest, label)
+    safe_extract_tar(archive, dest, label, limits)
     missing = [name for name in CIFAR_FILES if not (dest / CIFAR_DIR / name).is_file()]
     if missing:
         raise PipelineError(f"{label}: not the CIFAR-10 python archive: no {CIFAR_DIR}/{missing[0]} in it")
     write_json(dest / SOURCE_JSON, {"name": "cifar10", "url": cfg.cifar10_url, "md5": cfg.cifar10_md5})
 
 
-def fetch(cfg: ClassifierData, out_dir: Path) -> None:
+def fetch(cfg: ClassifierData, out_dir: Path, limits) -> None:
     """Fill ``out_dir`` with the chosen dataset; on any failure it is left as it was."""
     with atomic_dir(out_dir) as staging, scratch_dir(out_dir.parent) as tmp:
         if cfg.name == "digits":
             fetch_digits(staging)
         else:
-            fetch_cifar10(cfg, staging, tmp)
+            fetch_cifar10(cfg, staging, tmp, limits)

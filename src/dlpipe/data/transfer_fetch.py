@@ -91,19 +91,19 @@ def image_folder_root(extracted: Path, label: str) -> Path:
                         "(at its root or in one top folder)")
 
 
-def fetch_hymenoptera(cfg: TransferData, dest: Path, scratch: Path) -> None:
+def fetch_hymenoptera(cfg: TransferData, dest: Path, scratch: Path, limits) -> None:
     url = cfg.hymenoptera_url
     archive = scratch / PurePosixPath(url).name
     log.info("downloading %s", url)
     actual = download(url, archive, cfg.hymenoptera_md5, "transfer.data.hymenoptera_url",
-                      "transfer.data.hymenoptera_md5")
+                      "transfer.data.hymenoptera_md5", limits)
     if not cfg.hymenoptera_md5:
         log.warning("transfer.data.hymenoptera_md5 is empty: the download was not checked; "
                     "its md5 is %s (set it in params.yaml to pin the data)", actual)
     label = f"{archive.name} from {url}"
     extracted = scratch / "extracted"
     extracted.mkdir()
-    safe_extract_zip(archive, extracted, label)
+    safe_extract_zip(archive, extracted, label, limits)
     root = image_folder_root(extracted, label)
     for name in SPLITS:
         shutil.move(root / name, dest / name)
@@ -226,7 +226,7 @@ def fetch_folder(cfg: TransferData, dest: Path) -> None:
     log.info("transfer folder %s (%s): classes %s", cfg.folder, layout["layout"], ", ".join(class_names))
 
 
-def fetch(cfg: TransferData, out_dir: Path) -> None:
+def fetch(cfg: TransferData, out_dir: Path, limits) -> None:
     """Fill ``out_dir`` with the chosen dataset; on any failure it is left as it was."""
     with atomic_dir(out_dir) as staging, scratch_dir(out_dir.parent) as tmp:
         if cfg.name == "faces":
@@ -234,4 +234,4 @@ def fetch(cfg: TransferData, out_dir: Path) -> None:
         elif cfg.name == "folder":
             fetch_folder(cfg, staging)
         else:
-            fetch_hymenoptera(cfg, staging, tmp)
+            fetch_hymenoptera(cfg, staging, tmp, limits)

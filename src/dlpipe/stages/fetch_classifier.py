@@ -13,10 +13,10 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("lenet.data",), outs=(RAW_DIR,), runtime=30,
+    params=("lenet.data", "downloads"), outs=(RAW_DIR,), runtime=30,
 )
 
 
 def main(params: Params) -> None:
-    fetch(params.lenet.data, RAW_DIR)
+    fetch(params.lenet.data, RAW_DIR, params.downloads)
     log.info("fetched %s into %s", params.lenet.data.name, RAW_DIR)

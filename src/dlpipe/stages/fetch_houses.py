@@ -13,10 +13,10 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("houses.data",), outs=(RAW_DIR,),
+    params=("houses.data", "downloads"), outs=(RAW_DIR,),
 )
 
 
 def main(params: Params) -> None:
-    fetch(params.houses.data, RAW_DIR)
+    fetch(params.houses.data, RAW_DIR, params.downloads)
     log.info("fetched train.csv and test.csv (source %s) into %s", params.houses.data.source, RAW_DIR)

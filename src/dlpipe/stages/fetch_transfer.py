@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 
 
 STAGE = Stage(
-    params=("transfer.data",), outs=(RAW_DIR,), runtime=30,
+    params=("transfer.data", "downloads"), outs=(RAW_DIR,), runtime=30,
 )
 
 
 def main(params: Params) -> None:
-    fetch(params.transfer.data, RAW_DIR)
+    fetch(params.transfer.data, RAW_DIR, params.downloads)
     log.info("fetched %s into %s", params.transfer.data.name, RAW_DIR)
