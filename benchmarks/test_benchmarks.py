@@ -295,9 +295,14 @@ def tiny_folds(folder, folds: int = 3, rows: int = 60, features: int = 4) -> Non
     for fold in range(folds):
         x = torch.randn(rows + rows // 2, features, generator=generator)
         y = 12.0 + x @ weights * 0.3 + 0.01 * torch.randn(len(x), generator=generator)
-        save_split(folder, f"cv_fold{fold}", {"fit_x": x[:rows], "fit_y": y[:rows], "val_x": x[rows:],
-                                              "val_y": y[rows:], "test_x": x[:5]})
-    write_json(folder / "summary.json", {"cv": {"folds": folds}})
+        ids = torch.arange(len(x))
+        save_split(folder, f"cv_fold{fold}", {"fit_x": x[:rows], "fit_y": y[:rows], "fit_id": ids[:rows],
+                                              "val_x": x[rows:], "val_y": y[rows:], "val_id": ids[rows:],
+                                              "val_outlier": torch.zeros(len(x) - rows, dtype=torch.bool),
+                                              "test_x": x[:5]})
+    write_json(folder / "summary.json", {"rows": {"train": rows, "val": len(x) - rows, "test": 5},
+                                         "features": features,
+                                         "cv": {"folds": folds, "features": [features] * folds}})
 
 
 def test_houses_cv_scores_the_baselines_on_every_fold(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import http.server
 import io
+import json
 import re
 import shutil
 import struct
@@ -392,8 +393,9 @@ CASES = [
          ("'transfer.finetune.train.lr' is 'auto' but reports/lr_find/transfer_finetune.json does not exist",),
          setup=lambda c: c.aside("reports/lr_find/transfer_finetune.json")),
     Case("lr-auto-record-without-number", "train_houses", {"houses.train.lr": "auto"},
-         ("reports/lr_find/houses.json: no numeric 'suggested_lr'", "'houses.train.lr: auto'"),
-         setup=lambda c: c.write("reports/lr_find/houses.json", b'{"suggested_lr": "steep"}\n')),
+         ("reports/lr_find/houses.json: 'suggested_lr': 'steep' is not of type 'number'", "rerun lr_find_houses"),
+         setup=lambda c: c.write("reports/lr_find/houses.json", json.dumps(
+             {**json.loads((c.repo / "reports/lr_find/houses.json").read_text()), "suggested_lr": "steep"}).encode())),
 
     # ---- data: houses CSVs
     Case("houses-csv-missing", "prepare_houses", None,

@@ -23,8 +23,9 @@ The contract, for every case:
   and training run afresh to its last epoch; everything else restored afterwards.
 
 ``DLPIPE_FILE_SEED`` (default 0) seeds the choice and the random bytes; the default
-suite runs one drawn case per file, ``DLPIPE_FILE_CASES=N`` draws N, and the slow test
-(``make test-slow``) runs every case.
+suite runs one drawn case per file (of two of the checkpoints only: each retrains its
+stage), ``DLPIPE_FILE_CASES=N`` draws N, and the slow test (``make test-slow``) runs
+every case.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def all_cases(repo: Path, files: list[StageFile]) -> list[Case]:
 
 
 def drawn(cases: list[Case], how_many: str | None) -> list[Case]:
-    """One case per file (None), N cases, or every case ("0")."""
+    """One case per file, two checkpoints' among them (None), N cases, or every case ("0")."""
     rng = random.Random(SEED)
     if how_many == "0":
         return cases
@@ -282,7 +283,10 @@ def drawn(cases: list[Case], how_many: str | None) -> list[Case]:
     by_file: dict[str, list[Case]] = {}
     for case in cases:
         by_file.setdefault(case.file.rel, []).append(case)
-    return [rng.choice(group) for group in by_file.values()]
+    one_each = [rng.choice(group) for group in by_file.values()]
+    # A checkpoint case retrains its stage (seconds each): two of them in the default suite.
+    trained = [case for case in one_each if case.file.kind == "checkpoint"]
+    return [case for case in one_each if case.file.kind != "checkpoint"] + rng.sample(trained, min(2, len(trained)))
 
 
 # --------------------------------------------------------------------------- the workspace and one case
@@ -527,7 +531,8 @@ def test_generated_corruptions_of_stage_files_exit_2_with_one_line_and_keep_ever
     assert all(f.readers for f in files), [f.rel for f in files if not f.readers]  # each read by some stage
     cases = drawn(all_cases(repo, files), CASES)
     assert {f.kind for f in files} == {"tensors", "json", "csv", "weights", "checkpoint"}
-    assert len({c.file.rel for c in cases}) == len(files) or CASES is not None
+    checkpoints = sum(f.kind == "checkpoint" for f in files)
+    assert len({c.file.rel for c in cases}) == len(files) - checkpoints + min(2, checkpoints) or CASES is not None
     print(f"\n[stage files] {len(cases)} of {len(all_cases(repo, files))} generated cases over {len(files)} files "
           f"(seed {SEED})")
     assert check_cases(ws, cases, monkeypatch, capfd, caplog) == len(cases)  # every reader opened its file

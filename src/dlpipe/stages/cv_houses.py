@@ -33,6 +33,7 @@ from dlpipe.config import Params
 from dlpipe.data.houses_prepared import PREPARED_DIR, load_split, load_summary
 from dlpipe.data.loaders import TensorLoader
 from dlpipe.declare import Stage
+from dlpipe.io import write_text
 from dlpipe.stages._houses import (CV_CURVE, CV_CURVE_FILE, CV_PREDICTIONS, CV_PREDICTIONS_FILE, CV_RECORD, CV_RECORD_FILE,
                                    LR_FIND_JSON, build_model)
 from dlpipe.training import loop, lr_finder
@@ -124,12 +125,12 @@ def cross_validate(params: Params, folds: list[dict[str, torch.Tensor]], lr: flo
     return {"record": record, "curves": curves, "test_log_price": test_sum[chosen] / (len(folds) * len(model_seeds))}
 
 
-def curve_table(curves: np.ndarray, chosen_epoch: int) -> pd.DataFrame:
+def curve_csv(curves: np.ndarray, chosen_epoch: int) -> str:
     """epoch, the mean curve, the chosen epoch (on every row: the plot's marker) and each fold's curve."""
     table = pd.DataFrame({"epoch": np.arange(1, curves.shape[1] + 1), "cv_rmsle": curves.mean(axis=0),
                           "chosen_epoch": chosen_epoch,
                           **{f"fold_{i + 1}": curve for i, curve in enumerate(curves)}})
-    return table
+    return CV_CURVE_FILE.check(CURVE, table).to_csv(index=False, float_format="%.6f")
 
 
 def main(params: Params) -> None:
@@ -140,7 +141,7 @@ def main(params: Params) -> None:
     result = cross_validate(params, folds, lr, device)
     record = result["record"]
     CV_PREDICTIONS_FILE.save(CV_PREDICTIONS, {"id": test_ids, "log_price": torch.from_numpy(result["test_log_price"])})
-    CV_CURVE_FILE.write(CURVE, curve_table(result["curves"], record["cv_epoch"]), float_format="%.6f")
+    write_text(CURVE, curve_csv(result["curves"], record["cv_epoch"]))
     CV_RECORD_FILE.write(CV_RECORD, record)
     log.info("houses cross-validation: cv_rmsle %.5f (sd %.5f over %d folds) at epoch %d of %d; %d models bagged",
              record["cv_rmsle"], record["cv_rmsle_sd"], record["cv_folds"], record["cv_epoch"],

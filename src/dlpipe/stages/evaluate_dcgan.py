@@ -40,7 +40,7 @@ from dlpipe.config import Params
 from dlpipe.data import classifier_prepared as cp
 from dlpipe.data.gan_prepared import PREPARED_DIR, REAL_EVAL, TRAIN, load_images, load_meta
 from dlpipe.declare import Stage
-from dlpipe.layouts import NUMBERS, CsvFile, JsonFile, metrics_files, record
+from dlpipe.layouts import CsvFile, JsonFile, metrics_files, record
 from dlpipe.errors import PipelineError
 from dlpipe.io import write_metrics
 from dlpipe.models.lenet import LeNet
@@ -61,7 +61,9 @@ CLASS_HISTOGRAM = Path("reports/plots/dcgan/class_histogram.csv")
 # no rows for a folder of pictures, which has no classes
 CLASS_HISTOGRAM_FILE = CsvFile("evaluate_dcgan", CLASS_HISTOGRAM.as_posix(), {"class": "text", "share": "number"},
                                min_rows=0)
-FID_RECORD_FILE = JsonFile("evaluate_dcgan", FID_RECORD.as_posix(), record({"metrics": NUMBERS}))
+# its metrics: numbers, and a note in place of the class metrics of a folder of pictures
+FID_RECORD_FILE = JsonFile("evaluate_dcgan", FID_RECORD.as_posix(), record({"metrics": {
+    "type": "object", "minProperties": 1, "additionalProperties": {"type": ["number", "string"]}}}))
 BATCH = 500
 NO_CLASS_METRICS = (
     "omitted: the pictures are not the classifier's classes (the FID's LeNet was trained on {dataset}), so "
