@@ -144,8 +144,10 @@ def checkpoint_epoch(root: Path, stage: str) -> int:
 
 # The kill tests of the slower stages (30 to 80 s each on 2 cores) run under make test-slow;
 # the default suite keeps houses and LeNet (the supervised loop, every fault point).
-SLOW_STAGES = {"pretrain_transfer_backbone", "train_transfer_head", "train_transfer_finetune", "train_dcgan",
-               "train_fid_lenet"}
+# The default suite kills train_houses (the checkpoint code every training stage shares); the
+# others under make test-slow.
+SLOW_STAGES = {"train_lenet", "pretrain_transfer_backbone", "train_transfer_head", "train_transfer_finetune",
+               "train_dcgan", "train_fid_lenet"}
 
 
 @pytest.mark.parametrize("stage", [pytest.param(s, marks=[pytest.mark.slow] if s in SLOW_STAGES else [])
