@@ -98,8 +98,13 @@ def save_split(folder: Path, split: str, data: dict) -> None:
 
 
 def load_split(split: str, device: torch.device | str = "cpu", folder: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:
-    classes = len(load_meta(folder)["class_names"])
-    return SPLIT.load(Path(folder) / f"{split}.pt", device, classes=classes)
+    path, classes = Path(folder) / f"{split}.pt", len(load_meta(folder)["class_names"])
+    data = SPLIT.load(path, "cpu", classes=classes)
+    canvas = data["images"].shape[2:]  # each image sits in its top-left corner
+    if bool((data["sizes"] > torch.tensor(canvas)).any()):
+        raise PipelineError(f"{path}: 'sizes': an image of {tuple(data['sizes'].max(0).values.tolist())} "
+                            f"does not fit the {tuple(canvas)} canvas; rerun {SPLIT.producer}")
+    return {name: value.to(device) for name, value in data.items()}
 
 
 def load_meta(folder: Path = PREPARED_DIR) -> dict:
