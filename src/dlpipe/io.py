@@ -183,15 +183,22 @@ def write_json(target: str | Path, obj: object) -> None:
         fh.write("\n")
 
 
-def read_json(path: str | Path, producer: str) -> dict:
-    """A JSON object written by stage ``producer``; a missing or damaged file names that stage."""
+def read_json_document(path: str | Path, producer: str):
+    """The JSON document written by stage ``producer`` (any JSON value); a missing or
+    unparsable file names that stage. Python reads NaN and Infinity, which are not JSON:
+    a layout's schema (``dlpipe.layouts.JsonFile``) refuses them."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run {producer} first")
     try:
-        record = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PipelineError(f"{path}: not JSON ({type(exc).__name__}); rerun {producer}") from None
+
+
+def read_json(path: str | Path, producer: str) -> dict:
+    """A JSON object written by stage ``producer``; a missing or damaged file names that stage."""
+    record = read_json_document(path, producer)
     if not isinstance(record, dict):
         raise PipelineError(f"{path}: expected a JSON object; rerun {producer}")
     return record

@@ -24,7 +24,6 @@ find every declared file of a finished run by it and corrupt each one.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -35,7 +34,9 @@ import pandas as pd
 import torch
 
 from dlpipe.errors import PipelineError, excerpt
+from dlpipe.io import read_json_document, write_json, write_text
 from dlpipe.schema import error_message, strict_validator
+from dlpipe.tensor_io import load_tensors, save_tensors
 
 FLOAT = "float"  # any floating dtype: float16, bfloat16, float32, float64
 _DTYPES = {"uint8": torch.uint8, "int64": torch.int64, "bool": torch.bool}
@@ -105,16 +106,12 @@ class TensorFile:
         return tensors
 
     def save(self, path: str | Path, tensors: dict[str, torch.Tensor], **sizes: int) -> None:
-        from dlpipe.tensor_io import save_tensors
-
         # Only the declared tensors are written (a caller's dict may hold more, such as names).
         chosen = {name: tensors[name] for name in self.tensors if name in tensors}
         self.check(path, chosen, **sizes)
         save_tensors(path, {name: value.contiguous() for name, value in chosen.items()})
 
     def load(self, path: str | Path, device: torch.device | str = "cpu", **sizes: int) -> dict[str, torch.Tensor]:
-        from dlpipe.tensor_io import load_tensors
-
         tensors = self.check(path, load_tensors(path, self.producer), **sizes)
         return {name: value.to(device) for name, value in tensors.items()}
 
@@ -137,20 +134,10 @@ class JsonFile:
         return record
 
     def write(self, path: str | Path, record) -> None:
-        from dlpipe.io import write_json
-
         write_json(path, self.check(path, record))
 
     def read(self, path: str | Path):
-        path = Path(path)
-        if not path.is_file():
-            raise PipelineError(f"{path}: not found; run {self.producer} first")
-        try:
-            # Python reads NaN and Infinity, which are not JSON; the schema then refuses them.
-            record = json.loads(path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise PipelineError(f"{path}: not JSON ({type(exc).__name__}); rerun {self.producer}") from None
-        return self.check(path, record)
+        return self.check(path, read_json_document(path, self.producer))
 
 
 @dataclass(frozen=True)
@@ -176,8 +163,6 @@ class CsvFile:
         return frame
 
     def write(self, path: str | Path, frame: pd.DataFrame, **to_csv) -> None:
-        from dlpipe.io import write_text
-
         write_text(path, self.check(path, frame).to_csv(index=False, **to_csv))
 
     def read(self, path: str | Path, **read_csv) -> pd.DataFrame:

@@ -131,9 +131,9 @@ class TrainingState:
         return bool(saved)
 
     def _check_saved(self, saved: dict) -> None:
-        """The progress values' types (the components' states are checked by their own
-        ``load_state_dict``)."""
-        kinds = {"epoch": int, "history": list, "best_epoch": int, "bad_epochs": int, "stopped": bool, "rng": dict}
+        """The progress values' types (``epoch`` checked by ``checkpoint.load_resumable``, the
+        components' states by their own ``load_state_dict``)."""
+        kinds = {"history": list, "best_epoch": int, "bad_epochs": int, "stopped": bool, "rng": dict}
         for key, kind in kinds.items():
             if not isinstance(saved.get(key), kind) or (kind is int and saved[key] < 0):
                 raise ValueError(f"'{key}' is {excerpt(repr(saved.get(key)))}, expected a {kind.__name__}")
