@@ -144,7 +144,7 @@ def gan_workload(params, device: torch.device, images: torch.Tensor | None = Non
             fit_gan(*ours[:4], loader, ours[4], nz=arch.nz, epochs=1, collapse_threshold=cfg.collapse_threshold,
                     collapse_patience=cfg.collapse_patience, files=RunFiles("bench_dcgan"), **stage_settings)
 
-    bare_ema = ema_of(bare[0], cfg.ema_decay)
+    bare_ema = ema_of(bare[0], cfg.ema_decay, cfg.ema_warmup)
 
     def plain(epoch: int) -> None:
         bare[0].train()
@@ -154,8 +154,8 @@ def gan_workload(params, device: torch.device, images: torch.Tensor | None = Non
     # Both sides train as train_dcgan does: what it passes fit_gan beyond the loop's settings (the
     # R1 penalty, the generator's EMA, DiffAugment), and the same R1 and EMA in the bare step.
     augment = DiffAugment(cfg.translation, cfg.cutout, ours[4])
-    stage = functools.partial(pipeline, ema_decay=cfg.ema_decay, augment=augment, r1_gamma=cfg.r1_gamma,
-                              r1_interval=cfg.r1_interval)
+    stage = functools.partial(pipeline, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup, augment=augment,
+                              r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval)
     return Workload("dcgan", epoch_samples(loader), loader.batch_size, stage, plain, device_sync(device),
                     {"pipeline": ours, "bare": bare}, len(loader), stage)
 

@@ -312,6 +312,30 @@ def test_generator_ema_starts_as_a_copy_then_moves_by_one_minus_decay():
     assert not torch.equal(ema_bn.running_mean, bn.running_mean)
 
 
+def test_warming_ema_decays_by_min_of_decay_and_its_update_count():
+    """Weights that rise by 1 a step: the average follows the recursion with
+    min(0.9, (1 + n) / (10 + n)) at the n-th averaging update, 0.9 from n = 80 on."""
+    generator = Generator(nz=NZ, ngf=8, nc=1, image_size=32)
+    ema = ema_of(generator, 0.9, warmup=True)
+    start = params_of(generator)
+    expected = fixed = 0.0  # offsets of the average from the starting weights: warming, fixed 0.9
+    ema.update_parameters(generator)  # the first update copies the weights
+    for n in range(1, 101):
+        with torch.no_grad():
+            for p in generator.parameters():
+                p.add_(1.0)
+        generator(torch.randn(2, NZ, 1, 1))  # the integer num_batches_tracked is averaged too
+        ema.update_parameters(generator)
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * n
+        fixed = 0.9 * fixed + 0.1 * n
+        if n in (12, 100):
+            for name, value in params_of(ema.module).items():
+                torch.testing.assert_close(value, start[name] + expected)
+        if n == 12:
+            assert expected - fixed > 2  # the early weights weigh less: nearer the last weights than a fixed 0.9
+
+
 def test_lazy_r1_penalises_every_nth_step_scaled_by_n(nets, monkeypatch):
     """r1_interval 3: the D steps 0, 3, 6 carry gamma x 3, the others none (Karras et al. 2020)."""
     from dlpipe.data.loaders import TensorLoader

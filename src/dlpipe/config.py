@@ -350,6 +350,7 @@ class DCGANTrain:
     collapse_patience: int = key(f"consecutive collapsed steps reported as a collapse, 1 to {MAX_STEPS}",
                                  minimum=1, maximum=MAX_STEPS)
     ema_decay: float = key("0 (no EMA) or a decay in (0, 1)", minimum=0, exclusiveMaximum=1)
+    ema_warmup: bool = key("true: the EMA's decay grows to ema_decay with the steps, min(ema_decay, (1+n)/(10+n))")
     translation: float = key("DiffAugment shift, fraction of the image side (0 = off)", minimum=0, maximum=0.5)
     cutout: float = key("DiffAugment cutout square, fraction of the image side (0 = off)", minimum=0, maximum=1)
     r1_gamma: float = key("R1 gradient penalty weight (0 = off)", minimum=0)

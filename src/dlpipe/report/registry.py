@@ -183,7 +183,7 @@ MODELS: tuple[Model, ...] = (
     Model(
         name="dcgan",
         title="DCGAN",
-        summary="DCGAN generator and discriminator (N(0, 0.02) init, BCE, Adam 2e-4, beta1 0.5); the same "
+        summary="DCGAN generator and discriminator (N(0, 0.02) init, BCE, one Adam each: lr and betas below); the same "
                 "fixed noise drawn after every epoch; FID measured in the pipeline LeNet's feature space.",
         metrics=out("evaluate_dcgan", "METRICS"),
         headline=(Headline("fid", "FID (LeNet features)", "lower"),),

@@ -1,7 +1,7 @@
 """Stage train_dcgan: PyTorch's DCGAN tutorial's networks and updates on data/prepared/gan.
 
 Both networks initialised N(0, 0.02) under ``seed``; BCE; one Adam each
-(lr 2e-4, betas (0.5, 0.999) by default); the training batches are slices of
+(lr and betas from params); the training batches are slices of
 a seeded permutation, scaled to [-1, 1]. With ``translation`` / ``cutout``
 set, the discriminator sees every batch (real and fake, D step and G step)
 through DiffAugment (training/gan_augment.py), its shifts drawn from the same
@@ -136,8 +136,8 @@ def train(run: Setup, params: Params, **options) -> GanResult:
     cfg = params.dcgan.train
     return fit_gan(run.generator, run.discriminator, run.opt_g, run.opt_d, run.loader, run.noise_generator,
                    nz=params.dcgan.model.nz, epochs=cfg.epochs, collapse_threshold=cfg.collapse_threshold,
-                   collapse_patience=cfg.collapse_patience, ema_decay=cfg.ema_decay, augment=run.augment,
-                   r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval, **options)
+                   collapse_patience=cfg.collapse_patience, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
+                   augment=run.augment, r1_gamma=cfg.r1_gamma, r1_interval=cfg.r1_interval, **options)
 
 
 def main(params: Params) -> None:

@@ -190,13 +190,35 @@ class GanResult:
     sampler: nn.Module | None = None  # the generator to draw samples with: its EMA, or itself
 
 
-def ema_of(generator: nn.Module, decay: float) -> AveragedModel | None:
+def warming_ema(decay: float):
+    """AveragedModel's update with a decay that grows with the updates made, n:
+    min(decay, (1 + n) / (10 + n)), so the average spans about the last tenth of the
+    steps until it reaches ``decay`` (at n = 8,990 for 0.999). With a fixed 0.999 the
+    weights of the first epochs, far from any good generator, still weigh in thousands
+    of steps later."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        n = int(updates)  # AveragedModel reads its count on the host at every update already
+        now = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - now)
+        else:  # BatchNorm's num_batches_tracked
+            for mean, value in zip(averaged, current, strict=True):
+                mean.copy_(mean * now + value * (1 - now))
+
+    return update
+
+
+def ema_of(generator: nn.Module, decay: float, warmup: bool = False) -> AveragedModel | None:
     """An exponential moving average of the generator's weights (and BatchNorm buffers),
     updated after every generator step; ``decay`` 0 = none. Averaging the last few
-    hundred steps smooths out the oscillation of adversarial training."""
+    hundred steps smooths out the oscillation of adversarial training; ``warmup``
+    lets the decay grow to ``decay`` with the steps (warming_ema)."""
     if not decay:
         return None
-    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    average = warming_ema(decay) if warmup else get_ema_multi_avg_fn(decay)
+    return AveragedModel(generator, multi_avg_fn=average, use_buffers=True)
 
 
 def epoch_means(rows: list[dict]) -> dict[str, float]:
@@ -223,6 +245,7 @@ def fit_gan(
     files: RunFiles = RunFiles("train_gan"),
     on_epoch_end: EpochHook | None = None,
     ema_decay: float = 0.0,
+    ema_warmup: bool = False,
     augment: ImageTransform = _unchanged,
     r1_gamma: float = 0.0,
     r1_interval: int = 1,
@@ -232,7 +255,7 @@ def fit_gan(
     DiffAugment built on it), so its state is what a resume restores."""
     criterion = nn.BCELoss()
     watch = Watch(collapse_threshold, collapse_patience)
-    ema = ema_of(generator, ema_decay)
+    ema = ema_of(generator, ema_decay, ema_warmup)
     sampler = generator if ema is None else ema.module
     state = TrainingState(files, {"generator": generator, "discriminator": discriminator, "opt_g": opt_g,
                                   "opt_d": opt_d, "noise_rng": GeneratorState(noise_generator), "watch": watch,
