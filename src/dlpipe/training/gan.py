@@ -197,15 +197,9 @@ def warming_ema(decay: float):
     weights of the first epochs, far from any good generator, still weigh in thousands
     of steps later."""
 
-    @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
         n = int(updates)  # AveragedModel reads its count on the host at every update already
-        now = min(decay, (1 + n) / (10 + n))
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1 - now)
-        else:  # BatchNorm's num_batches_tracked
-            for mean, value in zip(averaged, current, strict=True):
-                mean.copy_(mean * now + value * (1 - now))
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, current, updates)
 
     return update
 
