@@ -6,7 +6,7 @@ reports/bench.json (atomically) and prints a table. Every comparison runs its
 sides in this one process run, alternating, over several repeats; the figures
 are medians and ratios of medians (absolute times on a shared machine are noise).
 
-  pipeline   1-3: a clean copy of the repository: dvc repro (wall, peak RSS), no-op
+  pipeline   1-3: clean copies of the repository: dvc repro twice (median wall, peak RSS), no-op
              dvc repro / snakemake --cores 2 / dvc status, one changed training param
   overhead   4: per model, the pipeline's loop against a bare PyTorch loop
   reference  5: LeNet time-to-accuracy and houses time-to-RMSLE against the original recipes
@@ -50,6 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tuning-options", help="comma-separated tuning options, of: channels_last, autocast, "
                         "compile, threads_1 (default: all; --quick: all but compile)")
     parser.add_argument("--repeats", type=int, help="timed rounds per comparison (default 5; --quick 1)")
+    parser.add_argument("--pipeline-runs", type=int, help="clean-state dvc repro runs, their median wall "
+                        "reported (default 2; --quick 1)")
     parser.add_argument("--stage-repeats", type=int, help="rounds of whole stages in lr_cost (default 3; --quick 1)")
     parser.add_argument("--device", help="device of the in-process figures (default: params' device)")
     parser.add_argument("--params", default="params.yaml")
@@ -121,7 +123,8 @@ def run_part(part: str, args: argparse.Namespace, params, device, repeats: int, 
 
         with workspace(args.workdir, args.keep, log) as work:
             return clean_run(Path.cwd(), work, tiny.OVERRIDES if quick else None,
-                             max(1, min(repeats, 3)) if quick else repeats, INCREMENTAL_KEY, log)
+                             max(1, min(repeats, 3)) if quick else repeats, INCREMENTAL_KEY,
+                             args.pipeline_runs or (1 if quick else 2), log)
     if part == "overhead":
         from benchmarks.overhead import loop_overhead
 

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -227,25 +228,50 @@ def incremental(repo: Path, env: dict, key: str) -> dict:
 
 
 
-def clean_run(root: Path, workdir: Path, overrides: dict | None, noop_repeats: int, incremental_key: str,
-              log: Callable[[str], None] = print) -> dict:
-    repo = copy_worktree(root, workdir / "repo", overrides)
-    env = engine_env(repo)
+def repro_once(root: Path, repo: Path, overrides: dict | None, log: Callable[[str], None]) -> dict:
+    """One ``dvc repro`` of a fresh copy of ``root`` at ``repo``: its wall, memory and stage times."""
+    copy_worktree(root, repo, overrides)
     log(f"  clean copy in {repo}: dvc repro (the whole pipeline) ...")
-    run = run_measured(["dvc", "repro"], repo, env)
+    run = run_measured(["dvc", "repro"], repo, engine_env(repo))
     if run["rc"] != 0:
         raise RuntimeError(f"dvc repro in the clean copy failed ({run['rc']}):\n{run['output'][-4000:]}")
     seconds = stage_seconds(run["lines"], run["wall_s"])
     log(f"  pipeline: {run['wall_s']:.1f} s wall; peak RSS {run['peak_tree_rss_mib']:.0f} MiB (tree polled: "
         f"{run['polled_tree_rss_mib']:.0f} MiB, largest process: {run['max_process_rss_mib']:.0f} MiB); "
         f"{len(seconds)} stages")
+    keys = ("wall_s", "peak_tree_rss_mib", "polled_tree_rss_mib", "max_process_rss_mib")
+    return {**{key: run[key] for key in keys}, "stage_s": seconds, "stages_ran": RAN.findall(run["output"])}
+
+
+def clean_run(root: Path, workdir: Path, overrides: dict | None, noop_repeats: int, incremental_key: str,
+              runs: int = 2, log: Callable[[str], None] = print) -> dict:
+    """``runs`` clean-state ``dvc repro``s, each of its own fresh copy, one after the other: the
+    median wall and stage times, the largest memory; then the no-op and incremental reruns in
+    the last copy (the earlier copies are removed once measured: each holds the DVC cache)."""
+    if runs < 1:
+        raise ValueError(f"runs: expected at least 1 clean-state run, got {runs}")
+    each = []
+    for index in range(runs):
+        repo = workdir / f"repo-{index + 1}"
+        each.append(repro_once(root, repo, overrides, log))
+        if index < runs - 1:
+            shutil.rmtree(repo)
+    env = engine_env(repo)
     noop = noop_reruns(repo, env, noop_repeats)
     log("  no-op reruns (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in noop["median_s"].items())
         + f"; nothing ran: {noop['nothing_ran']}")
     inc = incremental(repo, env, incremental_key)
     log(f"  incremental ({inc['changed']}): ran {inc['ran']}, expected {inc['expected']}")
-    return {"wall_s": run["wall_s"], "peak_tree_rss_mib": run["peak_tree_rss_mib"],
-            "polled_tree_rss_mib": run["polled_tree_rss_mib"], "max_process_rss_mib": run["max_process_rss_mib"],
-            "stage_s": seconds,
-            "stages_ran": RAN.findall(run["output"]), "lr_find_fraction": lr_find_fractions(seconds),
-            "noop": noop, "incremental": inc, "overrides": overrides or {}}
+    return {**combine_runs(each), "noop": noop, "incremental": inc, "overrides": overrides or {}}
+
+
+def combine_runs(each: list[dict]) -> dict:
+    """Several clean-state runs as one record: the median wall and stage times (a stage's
+    median over the runs that timed it), the largest memory readings, every run kept."""
+    stage_s = medians({name: [run["stage_s"][name] for run in each if name in run["stage_s"]]
+                       for name in each[-1]["stage_s"]})
+    return {"wall_s": statistics.median(run["wall_s"] for run in each),
+            **{key: max(run[key] for run in each)
+               for key in ("peak_tree_rss_mib", "polled_tree_rss_mib", "max_process_rss_mib")},
+            "stage_s": stage_s, "stages_ran": each[-1]["stages_ran"], "lr_find_fraction": lr_find_fractions(stage_s),
+            "runs": each}

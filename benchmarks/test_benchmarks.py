@@ -248,6 +248,21 @@ def test_stage_seconds_and_lr_find_fractions_from_dvc_output():
     assert pipeline_run.lr_find_fractions(seconds) == {"lenet": pytest.approx(2.0 / 8.5)}
 
 
+def test_combine_runs_takes_median_wall_and_stage_times_and_largest_memory():
+    def run(wall, rss, stages):
+        return {"wall_s": wall, "peak_tree_rss_mib": rss, "polled_tree_rss_mib": rss - 10,
+                "max_process_rss_mib": rss - 20, "stage_s": stages, "stages_ran": list(stages)}
+
+    runs = [run(300.0, 900.0, {"lr_find_lenet": 2.0, "train_lenet": 8.0}),
+            run(320.0, 1000.0, {"lr_find_lenet": 4.0, "train_lenet": 12.0})]
+    combined = pipeline_run.combine_runs(runs)
+    assert combined["wall_s"] == 310.0
+    assert (combined["peak_tree_rss_mib"], combined["max_process_rss_mib"]) == (1000.0, 980.0)
+    assert combined["stage_s"] == {"lr_find_lenet": 3.0, "train_lenet": 10.0}
+    assert combined["lr_find_fraction"] == {"lenet": pytest.approx(0.3)}
+    assert combined["runs"] == runs
+
+
 def test_copy_worktree_copies_what_git_would_commit(tmp_path):
     repo = pipeline_run.copy_worktree(REPO, tmp_path / "copy", {"houses.train.epochs": 2})
     assert (repo / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
