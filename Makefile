@@ -5,7 +5,7 @@
 # make snakemake-touch (after dvc pull / dvc checkout: Snakemake takes DVC's outputs as they are).
 # make bench: the performance figures against the references (python -m benchmarks, from the
 # top-level benchmarks/ folder, not part of the dlpipe package: reports/bench.json and a table;
-# about 16 minutes on 2 cores; BENCH_ARGS=--quick for a check).
+# pipeline, overhead and flops alone took 42 minutes on a 2-core Intel Xeon; BENCH_ARGS=--quick for a check).
 # make seeds: the headline metrics of the default params over seeds 42, 1, 2, 3 (every split seed
 # too), each a clean-state dvc repro, two at once (python -m benchmarks.seeds: reports/seeds.json).
 # make setup also writes build/plots_template.html (git-ignored), the page that `dvc plots show` and

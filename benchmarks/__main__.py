@@ -16,7 +16,7 @@ are medians and ratios of medians (absolute times on a shared machine are noise)
              share of the step outside compute
   tuning     channels_last, bf16 autocast, torch.compile, threads (only with --tuning)
 
-    python -m benchmarks                     # everything but tuning (16 min on 2 cores; flops +2.5, houses_cv +14 under load)
+    python -m benchmarks                     # everything but tuning (over 42 min on 2 cores: see docs/performance.md)
     python -m benchmarks --quick             # tiny settings, 1 repeat: checks that it all runs
     python -m benchmarks --skip-pipeline --tuning
     python -m benchmarks --only overhead,tuning --device cuda --output reports/bench_cuda.json
