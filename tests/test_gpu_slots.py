@@ -118,15 +118,18 @@ with open(f"out/{sys.argv[1]}.json", "w") as handle:
 GPU_JOBS = ("gpu_a", "gpu_b", "gpu_c", "gpu_d", "gpu_e")
 
 
-def small_workflow(dest: Path) -> Path:
+def small_workflow(dest: Path, declared_gpu: int = 0) -> Path:
     """The repository's Snakefile, adapter, schema and params with a dvc.yaml of
-    independent sleeping stages that record the devices they see."""
+    independent sleeping stages that record the devices they see; the GPU stages
+    declare ``declared_gpu`` (meta.resources, as dlpipe.declare writes it)."""
     for rel in ("Snakefile", "params.yaml", "workflow/rules/dvc_stages.smk", "workflow/schemas/params.schema.yaml"):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, dest / rel)
     (dest / "record.py").write_text(RECORDER)
     stages = {name: {"cmd": f"python record.py {name} 2", "deps": ["record.py"], "outs": [f"out/{name}.json"]}
               for name in GPU_JOBS + ("cpu_only",)}
+    for name in GPU_JOBS:
+        stages[name]["meta"] = {"resources": {"gpu": declared_gpu}}
     (dest / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     # Every stage declares its threads (the adapter refuses entries for stages it does not have).
     raw = yaml.safe_load((dest / "params.yaml").read_text())
@@ -156,6 +159,32 @@ def test_snakemake_gives_every_running_gpu_job_its_own_device(tmp_path):
     # --resources gpu=2: never three at once.
     for trio in combinations(GPU_JOBS, 3):
         assert not (max(gpu[n]["start"] for n in trio) < min(gpu[n]["end"] for n in trio)), (trio, gpu)
+
+
+def test_gpu_need_counts_only_where_a_gpu_can_be_held():
+    assert gpu_slots.scheduled_need(1, local_exec=True, pool=["7"]) == 1
+    assert gpu_slots.scheduled_need(1, local_exec=True, pool=[]) == 0  # runs on the CPU here
+    assert gpu_slots.scheduled_need(1, local_exec=False, pool=[]) == 1  # a cluster grants it
+    assert gpu_slots.scheduled_need(0, local_exec=False, pool=["7"]) == 0
+
+
+@pytest.mark.parametrize("visible", ["", "7"])
+def test_gpu_cap_serializes_device_stages_only_where_there_is_a_gpu(tmp_path, visible):
+    # The local profile's cap of one GPU job, with the GPU need declared in dvc.yaml (no
+    # --set-resources): with no device the five stages run on the CPU and share the 2
+    # cores; with one device they take turns on it.
+    repo = small_workflow(tmp_path / "wf", declared_gpu=1)
+    env = gpu_env(tmp_path / "unused", visible=visible)
+    env.pop("DLPIPE_GPU_LOCKS")
+    run(["snakemake", "--cores", "2", "--resources", "gpu=1", "--workflow-profile", "none"], repo, env)
+    seen = {name: json.loads((repo / "out" / f"{name}.json").read_text()) for name in GPU_JOBS}
+    overlapping = [(a, b) for a, b in combinations(GPU_JOBS, 2)
+                   if seen[a]["start"] < seen[b]["end"] and seen[b]["start"] < seen[a]["end"]]
+    if visible:
+        assert not overlapping, seen
+        assert {record["visible"] for record in seen.values()} == {"7"}
+    else:
+        assert overlapping, f"no two CPU-only device stages ran at once under gpu=1\n{seen}"
 
 
 # --------------------------------------------------------------------------- the profiles

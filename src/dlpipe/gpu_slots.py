@@ -25,6 +25,9 @@ slot can never stay taken by a job that is gone, as a leftover lock file would.
   scheduler gives each job its own devices (SLURM sets
   ``CUDA_VISIBLE_DEVICES``), and under ``dvc repro`` or by hand one stage runs
   at a time: there the command runs unchanged.
+- No GPU on this machine (run locally): the rules count no GPU need
+  (``scheduled_need``), so a ``gpu`` cap does not serialize stages that all
+  run on the CPU.
 - More GPU jobs than devices (``--resources gpu=K`` with K above the pool
   size) is an error naming the fix, not a silent share.
 """
@@ -32,11 +35,13 @@ slot can never stay taken by a job that is gone, as a leftover lock file would.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 LOCKS_ENV = "DLPIPE_GPU_LOCKS"
 SHELL = "/bin/sh"
@@ -60,6 +65,27 @@ def device_pool(env: dict[str, str] | None = None) -> list[str]:
     if listed.returncode != 0:
         return []
     return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+
+
+def scheduled_need(declared: int, local_exec: bool, pool: list[str]) -> int:
+    """The GPUs a job counts against Snakemake's ``gpu`` resource: its declared need, except
+    when it runs on this machine and this machine has no GPU. There a device stage runs on
+    the CPU like any other, and counting it would only let a ``gpu`` cap (the local
+    profile's 1) serialize training stages that could share the cores. On a cluster the
+    need always counts: the scheduler grants the devices, whatever the submitting node has."""
+    return declared if declared > 0 and (not local_exec or pool) else 0
+
+
+@functools.cache
+def _pool_here() -> tuple[str, ...]:
+    return tuple(device_pool())  # once per process: nvidia-smi is not asked for every rule
+
+
+def rule_gpu_need(declared: int, workflow) -> Callable[[object], int]:
+    """A rule's ``gpu`` resource: a function Snakemake calls when it schedules the job, by
+    which time the executor is attached (``workflow.local_exec``; while the Snakefile is
+    read it is always true)."""
+    return lambda wildcards: scheduled_need(declared, workflow.local_exec, list(_pool_here()))
 
 
 def _lock_path(lock_dir: Path, device: str) -> Path:

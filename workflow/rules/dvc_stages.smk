@@ -4,6 +4,7 @@
 from dlpipe.workflow_graph import (check_thread_keys, clamp_future_mtimes, in_report, is_directory,
                                    job_params_file, load_stages, produced_by, report_category, resolve_params,
                                    rule_inputs, stage_threads)
+from dlpipe.gpu_slots import rule_gpu_need
 from snakemake.logging import logger
 import os
 
@@ -77,9 +78,11 @@ for _stage in STAGES:
         threads: stage_threads(config, _stage.name)
         # dvc.yaml's meta.resources, from each stage's declaration (dlpipe.declare):
         # memory (MB), runtime (minutes, for a cluster) and gpu: 1 for every stage
-        # that reads `device`. A profile's set-resources can still override them.
+        # that reads `device`, counted when the job is scheduled (dlpipe.gpu_slots.rule_gpu_need:
+        # 0 on a machine without a GPU, so the profile's gpu cap does not serialize stages
+        # that all run on the CPU). A profile's set-resources can still override them.
         resources:
-            gpu=_stage.resources.get("gpu", 0),
+            gpu=rule_gpu_need(_stage.resources.get("gpu", 0), workflow),
             mem_mb=_stage.resources.get("mem_mb", 2000),
             runtime=_stage.resources.get("runtime", 15),
         shell:
