@@ -248,6 +248,23 @@ def test_stage_seconds_and_lr_find_fractions_from_dvc_output():
     assert pipeline_run.lr_find_fractions(seconds) == {"lenet": pytest.approx(2.0 / 8.5)}
 
 
+def test_rounds_that_ran_are_those_without_the_marker_or_with_a_stage_run():
+    up = "Stage 'report' didn't change, skipping\nData and pipelines are up to date.\n"
+    checked_out = "Stage 'report' is cached - skipping run, checking out outputs\n"
+    ran = "Running stage 'report':\n> python -m dlpipe report\n"
+    marker = pipeline_run.DVC_UP_TO_DATE
+    assert pipeline_run.rounds_that_ran([up, checked_out, up, ran], marker) == [1, 3]
+    assert pipeline_run.rounds_that_ran([up, up], marker) == []
+
+
+def test_a_noop_that_ran_a_stage_misses_its_bar():
+    results = fake_results()
+    results["pipeline"]["noop"]["nothing_ran"] = {"dvc_repro": False, "snakemake": True, "dvc_status": True}
+    bars = summary.build(results, {"cores": 2}, quick=True, command="test", run={})["bars"]
+    assert bars["noop_dvc_repro_s"]["value"] == 1.1 and bars["noop_dvc_repro_s"]["met"] is False  # 1.1 s < 3 s
+    assert bars["noop_snakemake_s"]["met"] is False  # 3.5 s: over the bar anyway
+
+
 def test_combine_runs_takes_median_wall_and_stage_times_and_largest_memory():
     def run(wall, rss, stages):
         return {"wall_s": wall, "peak_tree_rss_mib": rss, "polled_tree_rss_mib": rss - 10,
