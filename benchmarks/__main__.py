@@ -76,7 +76,10 @@ def selected_parts(args: argparse.Namespace) -> list[str]:
 
 @contextlib.contextmanager
 def workspace(parent: str | None, keep: bool, log=print) -> Iterator[Path]:
-    """A temporary folder for the clean copy; ``keep``: left in place (and named) afterwards."""
+    """A temporary folder for the clean copy, under ``parent`` (made if missing); ``keep``: left
+    in place (and named) afterwards."""
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
     if keep:
         path = Path(tempfile.mkdtemp(prefix="dlpipe-bench-", dir=parent))
         log(f"  the clean copy stays in {path}")
