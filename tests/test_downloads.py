@@ -159,10 +159,16 @@ def test_ctrl_c_during_a_download_removes_the_partial_file_and_the_scratch_folde
             time.sleep(0.05)
         _thread.interrupt_main()  # as Ctrl-C would
 
-    threading.Thread(target=interrupt_when_started, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        with scratch_dir(tmp_path) as scratch:
-            download(server.url, scratch / ZIP, "", "k.url", "k.md5", limits(stall_s=5, deadline_s=30))
+    # Ctrl-C as a terminal delivers it, however pytest was started: a background job of a
+    # shell inherits SIGINT ignored, and interrupt_main then does nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_when_started, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            with scratch_dir(tmp_path) as scratch:
+                download(server.url, scratch / ZIP, "", "k.url", "k.md5", limits(stall_s=5, deadline_s=30))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert list(tmp_path.iterdir()) == []
 
 
