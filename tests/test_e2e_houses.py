@@ -301,6 +301,7 @@ def test_second_dvc_repro_does_nothing(dvc_run):
     assert "Data and pipelines are up to date" in out
 
 
+@pytest.mark.slow  # about 45 s; tests/test_resume.py checks train_houses' bytes over two runs by default
 def test_a_forced_rerun_of_the_houses_stages_writes_the_same_bytes(dvc_run, tmp_path):
     """Same machine, same declared threads, same params: every houses output byte-identical
     (the cross-validation's record, curve and bagged predictions included)."""

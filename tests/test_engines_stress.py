@@ -618,6 +618,7 @@ def test_snakemake_after_pull_reruns_nothing_until_a_param_changes(pushed, tmp_p
     assert _DVC_RAN.findall(out) == [], out[-3000:]
 
 
+@pytest.mark.slow  # both engines over a tiny run: about 56 s (make test-slow)
 def test_a_source_dated_in_the_future_loses_no_output_under_either_engine(tiny_source, tiny_dvc_run, tmp_path):
     """Clock skew: a file dated a day ahead (copied from a machine whose clock runs fast).
     Snakemake refuses, and deletes, outputs older than a job's newest input; its inputs
