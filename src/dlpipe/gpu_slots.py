@@ -41,7 +41,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 LOCKS_ENV = "DLPIPE_GPU_LOCKS"
 SHELL = "/bin/sh"
@@ -67,7 +67,7 @@ def device_pool(env: dict[str, str] | None = None) -> list[str]:
     return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
 
 
-def scheduled_need(declared: int, local_exec: bool, pool: list[str]) -> int:
+def scheduled_need(declared: int, local_exec: bool, pool: Sequence[str]) -> int:
     """The GPUs a job counts against Snakemake's ``gpu`` resource: its declared need, except
     when it runs on this machine and this machine has no GPU. There a device stage runs on
     the CPU like any other, and counting it would only let a ``gpu`` cap (the local
@@ -85,7 +85,7 @@ def rule_gpu_need(declared: int, workflow) -> Callable[[object], int]:
     """A rule's ``gpu`` resource: a function Snakemake calls when it schedules the job, by
     which time the executor is attached (``workflow.local_exec``; while the Snakefile is
     read it is always true)."""
-    return lambda wildcards: scheduled_need(declared, workflow.local_exec, list(_pool_here()))
+    return lambda wildcards: scheduled_need(declared, workflow.local_exec, _pool_here())
 
 
 def _lock_path(lock_dir: Path, device: str) -> Path:
