@@ -84,3 +84,32 @@ def test_compile_keeps_the_state_dict_keys_and_the_result(batches):
     assert loss == pytest.approx(plain_loss, rel=1e-4)
     fresh = LeNet(10)
     fresh.load_state_dict(copy.deepcopy(model.state_dict()))  # loads into an uncompiled model
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_compile_carries_the_deterministic_mode_to_inductor(deterministic):
+    """runtime.setup switches deterministic mode on without loading Inductor; a compiling
+    stage hands the mode on to Inductor's own flag (compiling itself waits for the first call)."""
+    from torch._inductor import config as inductor_config
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              inductor_config.deterministic)
+    try:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        inductor_config.deterministic = not deterministic
+        Accel(compile=True).prepare(LeNet(10))
+        assert inductor_config.deterministic is deterministic
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        inductor_config.deterministic = before[2]
+
+
+def test_runtime_setup_is_deterministic_without_loading_inductor():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from dlpipe import runtime; runtime.setup(0, 'cpu'); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]

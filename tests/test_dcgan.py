@@ -436,3 +436,26 @@ def test_the_gan_loop_reads_the_device_once_per_epoch(monkeypatch):
                          collapse_threshold=0.01, collapse_patience=100, r1_gamma=1.0)
     monkeypatch.undo()
     assert len(result.history) == 8 and reads == {"tolist": 2}
+
+
+# --------------------------------------------------------------------------- sample grids
+
+
+@pytest.mark.parametrize("count,nrow", [(1, 1), (2, 8), (5, 2), (16, 4), (64, 8), (10, 3)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sample_grid_lays_images_out_as_torchvisions_make_grid(count, nrow, channels, tmp_path):
+    """The grid PNGs' bytes (and their DVC hashes) stay those torchvision's layout gave."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from dlpipe.pictures.sample_grid import save_grid, tile
+
+    images = torch.randint(0, 256, (count, channels, 8, 6), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(count))
+    expected = make_grid(images, nrow=nrow, padding=2, pad_value=0)
+    expected = expected[:1] if channels == 1 else expected  # make_grid repeats grey to 3 channels
+    assert torch.equal(tile(images, nrow), expected)
+    save_grid(images, tmp_path / "grid.png", nrow=nrow)
+    saved = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert np.array_equal(saved, expected.permute(1, 2, 0).squeeze(-1).numpy())

@@ -56,7 +56,10 @@ def setup(seed: int, device_name: str) -> torch.device:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # Deterministic kernels where they exist; warn (not fail) where they do not.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic kernels where they exist; warn (not fail) where they do not. The same
+    # switch as torch.use_deterministic_algorithms(True, warn_only=True), which also imports
+    # torch._inductor (about 2 s of every stage's start) to flag it there: a stage that
+    # compiles sets that flag itself (training/accel.py).
+    torch.set_deterministic_debug_mode("warn")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return select_device(device_name)

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from dlpipe.errors import PipelineError
@@ -45,6 +44,10 @@ def read_picture(path: Path, image_size: int, nc: int) -> torch.Tensor:
             image = image.convert("L" if nc == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise PipelineError(f"{path}: not a readable picture ({type(exc).__name__}: {exc})") from None
+    # Imported here, for a folder source only: torchvision's import costs about 2.5 s of a
+    # stage's start, and the embedded digits need no resizing.
+    from torchvision.transforms import functional as TF
+
     image = TF.center_crop(TF.resize(image, image_size, antialias=True), image_size)
     return TF.pil_to_tensor(image)
 

@@ -53,6 +53,10 @@ class Accel:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.compile:
+            from torch._inductor import config as inductor_config  # loaded only here: about 2 s
+
+            # Inductor honours deterministic mode only through its own flag.
+            inductor_config.deterministic = torch.are_deterministic_algorithms_enabled()
             model.compile()
         return model
 
