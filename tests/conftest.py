@@ -263,17 +263,3 @@ def chromium() -> str:
     if not path:
         pytest.skip(why)
     return path
-
-
-@pytest.fixture(scope="session", autouse=True)
-def slurm_in_background(request):
-    """tests/test_slurm.py's cluster and runs, started with the session's first test where a
-    slurm test is selected (they mostly wait on SLURM: see ``ClusterRuns`` there)."""
-    slurm_items = [item for item in request.session.items if item.get_closest_marker("slurm")]
-    background = None
-    if slurm_items:
-        background = slurm_items[0].module.start_in_background(request.getfixturevalue("tiny_repo_factory"),
-                                                               request.getfixturevalue("tmp_path_factory"))
-    yield background
-    if background is not None:
-        background.stop()

@@ -27,15 +27,13 @@ or none). tests/test_gpu_slots.py checks the profile entries of every stage.
 Skipped, with the reason, where no cluster can be started (not root, packages
 missing, a real SLURM configuration present). ``.ci/run`` installs the
 packages, so CI runs it. About 3 minutes, mostly SLURM job start-up and
-status polling (every stage is its own job), spent beside the other tests: conftest.py
-starts the cluster and both runs when the session starts (``ClusterRuns``).
+status polling: every stage is its own job.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -116,77 +114,42 @@ def requested(profile: dict, stage: str) -> dict:
     return {"cpus": cpus, "mem_mb": resources["mem_mb"], "runtime": resources["runtime"], "gpu": resources["gpu"]}
 
 
-class ClusterRuns:
-    """The cluster's start and both runs, on a thread of their own from the session's first
-    test on (conftest.py starts it when a slurm test is selected): the runs mostly wait for
-    SLURM (job start-up, status polling), and the serial tiny runs of the other tests leave
-    the second core mostly idle, so the two overlap. ``result()`` waits for them."""
-
-    def __init__(self, tiny_repo_factory, tmp_path_factory):
-        self.cluster = slurm_cluster.SlurmCluster(tmp_path_factory.mktemp("slurm"))
-        self.processes: list[subprocess.Popen] = []
-        self.runs: dict | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._work, args=(tiny_repo_factory, tmp_path_factory), daemon=True)
-        self.thread.start()
-
-    def _work(self, tiny_repo_factory, tmp_path_factory) -> None:
-        try:
-            self.cluster.start()
-            self.runs = self._run_both(tiny_repo_factory, tmp_path_factory)
-        except BaseException as exc:  # re-raised by result(), in the test that needs the runs
-            self.error = exc
-
-    def _spawn(self, cmd: list[str], cwd: Path, env: dict) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.processes.append(proc)
-        return proc
-
-    def _run_both(self, tiny_repo_factory, tmp_path_factory) -> dict:
-        """One tiny commit run twice: on the cluster, and locally beside it."""
-        source, env = tiny_repo_factory("slurm_source")
-        local, local_env = git_clone(source, tmp_path_factory.mktemp("slurm_local") / "repo", env)
-        remote, remote_env = git_clone(source, tmp_path_factory.mktemp("slurm_remote") / "repo", env)
-        local_proc = self._spawn(["snakemake", "--cores", "2", *TARGETS], local, local_env)
-        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60))
-        start = time.perf_counter()
-        remote_proc = self._spawn(SLURM_RUN, remote, remote_env)
-        out = remote_proc.communicate(timeout=900)[0]
-        elapsed = time.perf_counter() - start
-        if remote_proc.returncode != 0:
-            raise AssertionError(f"{' '.join(SLURM_RUN)} failed ({remote_proc.returncode}):\n{out[-6000:]}\n"
-                                 f"{self.cluster.log_tails()}")
-        local_out = local_proc.communicate(timeout=900)[0]
-        assert local_proc.returncode == 0, local_out[-6000:]
-        return {"local": local, "remote": remote, "out": out, "since": since, "seconds": elapsed}
-
-    def result(self) -> dict:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        print(f"\n[slurm timing] snakemake --executor slurm, {' '.join(TARGETS)} (tiny params, beside other "
-              f"tests): {self.runs['seconds']:.1f} s")
-        return self.runs
-
-    def stop(self) -> None:
-        """Whatever still runs is killed (an interrupted session), then the cluster stops."""
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-        self.thread.join(timeout=60)
-        self.cluster.stop()
-
-
-def start_in_background(tiny_repo_factory, tmp_path_factory) -> ClusterRuns | None:
-    """conftest.py's session start: the runs begin now, or None where no cluster can start."""
-    return None if WHY_NOT else ClusterRuns(tiny_repo_factory, tmp_path_factory)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if WHY_NOT:
+        pytest.skip(f"cannot start a test SLURM cluster here: {WHY_NOT}")
+    cluster = slurm_cluster.SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="module")
-def runs(request):
-    if WHY_NOT:
-        pytest.skip(f"cannot start a test SLURM cluster here: {WHY_NOT}")
-    return request.getfixturevalue("slurm_in_background").result()
+def runs(cluster, tiny_repo_factory, tmp_path_factory):
+    """One tiny commit run twice: on the cluster, and locally (alongside: the cluster run mostly waits)."""
+    source, env = tiny_repo_factory("slurm_source")
+    local, local_env = git_clone(source, tmp_path_factory.mktemp("slurm_local") / "repo", env)
+    remote, remote_env = git_clone(source, tmp_path_factory.mktemp("slurm_remote") / "repo", env)
+    local_proc = subprocess.Popen(["snakemake", "--cores", "2", *TARGETS], cwd=local, env=local_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60))
+    start = time.perf_counter()
+    try:
+        out = sh(SLURM_RUN, remote, remote_env)
+    except BaseException:
+        local_proc.kill()
+        local_proc.wait()
+        print(cluster.log_tails())
+        raise
+    elapsed = time.perf_counter() - start
+    print(f"\n[slurm timing] snakemake --executor slurm, {' '.join(TARGETS)} (tiny params): {elapsed:.1f} s")
+    local_out = local_proc.communicate(timeout=900)[0]
+    assert local_proc.returncode == 0, local_out[-6000:]
+    return {"local": local, "remote": remote, "out": out, "since": since}
 
 
 def sacct_jobs(run_id: str, since: str) -> list[dict[str, str]]:
