@@ -88,8 +88,8 @@ def test_compile_keeps_the_state_dict_keys_and_the_result(batches):
 
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_compile_carries_the_deterministic_mode_to_inductor(deterministic):
-    """runtime.setup switches deterministic mode on without loading Inductor; a compiling
-    stage hands the mode on to Inductor's own flag (compiling itself waits for the first call)."""
+    """A compiling stage hands deterministic mode on to Inductor's own flag (the compiling
+    itself waits for the model's first call)."""
     from torch._inductor import config as inductor_config
 
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
