@@ -22,6 +22,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # OpenMP's busy-wait slows torch ~10x when another process holds a core.
 export OMP_WAIT_POLICY := PASSIVE
 PYTEST_ARGS ?=
+# One pytest-xdist worker per core, each test module on one worker (its module fixtures start
+# once; each worker makes its own shared tiny pipeline run). PYTEST_PARALLEL= runs one process.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
 BENCH_ARGS ?=
 SEEDS_ARGS ?=
 
@@ -44,7 +47,7 @@ run: setup
 	$(BIN)/dvc metrics show
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: nothing was checked" >&2; fi; exit $$rc
 
 test-slow: setup

@@ -18,7 +18,7 @@ from PIL import Image
 from test_classifier_data import make_params
 from test_dcgan import NZ, same
 
-from dlpipe import tensor_io
+from dlpipe import runtime, tensor_io
 from dlpipe.data import gan_images
 from dlpipe.errors import PipelineError
 from dlpipe.models.dcgan import Discriminator, Generator
@@ -114,9 +114,21 @@ def classifier_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("gan_base")
     with cwd(root):
         params = make_params(root, TINY)
-        for stage in (fetch_classifier, prepare_classifier, train_fid_lenet):
-            stage.main(params)
+        run_stages(params, fetch_classifier, prepare_classifier, train_fid_lenet)
     return root
+
+
+def run_stages(params, *stages) -> None:
+    """Each stage's ``main`` on its declared torch threads (``threads.<stage>``), as ``python -m
+    dlpipe`` runs it, whatever the process was left on; the process's count restored after."""
+    before = torch.get_num_threads()
+    try:
+        for stage in stages:
+            name = stage.__name__.rsplit(".", 1)[-1]
+            runtime.pin_threads(name, params.threads[name])
+            stage.main(params)
+    finally:
+        torch.set_num_threads(before)
 
 
 def workspace(classifier_run: Path, dest: Path, overrides: dict | None = None):
@@ -133,8 +145,7 @@ def gan_run(classifier_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("gan_run")
     params = workspace(classifier_run, root)
     with cwd(root):
-        for stage in (prepare_gan, train_dcgan, evaluate_dcgan):
-            stage.main(params)
+        run_stages(params, prepare_gan, train_dcgan, evaluate_dcgan)
     return root, params
 
 
